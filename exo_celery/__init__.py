@@ -1,0 +1,61 @@
+"""exo_celery: Exosphere-style workflow graphs on Celery, with a PostgreSQL or SQLite ledger.
+
+Node and graph code written for `exospherehost` runs after changing its import
+to `exo_celery`.
+"""
+
+from .client import StateManager
+from .errors import (
+    ConfigError,
+    ExoError,
+    GraphValidationError,
+    NotFoundError,
+    OutputError,
+    StateError,
+    TriggerError,
+)
+from .graph import (
+    CronTrigger,
+    GraphNodeModel,
+    RetryPolicyModel,
+    StoreConfigModel,
+    UnitesModel,
+    UnitesStrategyEnum,
+)
+from .node import BaseNode
+from .retry import RetryStrategyEnum
+from .runtime import Runtime
+from .settings import Settings
+from .signals import PruneSignal, ReQueueAfterSignal
+from .status import RunStatus, StateStatus
+
+__all__ = [
+    # nodes and signals
+    "BaseNode",
+    "PruneSignal",
+    "ReQueueAfterSignal",
+    # graph templates
+    "GraphNodeModel",
+    "UnitesModel",
+    "UnitesStrategyEnum",
+    "RetryPolicyModel",
+    "RetryStrategyEnum",
+    "StoreConfigModel",
+    "CronTrigger",
+    # running
+    "StateManager",
+    "Runtime",
+    "Settings",
+    "StateStatus",
+    "RunStatus",
+    # errors
+    "ExoError",
+    "ConfigError",
+    "GraphValidationError",
+    "NotFoundError",
+    "TriggerError",
+    "StateError",
+    "OutputError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,127 @@
+"""The beat process: releases due states, recovers lost ones, fires cron triggers, purges old runs.
+
+Run it as `exo-celery beat`, or as `celery -A beat.app beat` (the app's scheduler
+is `ExoScheduler`, which does the same work inside Celery's beat loop). Two beat
+processes are safe: every step is a compare-and-set or a unique insert.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import Celery
+from celery.beat import Scheduler
+
+from .celery_app import make_app, publish
+from .client import StateManager
+from .cron import fire_times
+from .engine import CompiledGraph
+from .errors import ExoError
+from .ledger.repo import Repo
+from .ledger.transitions import Transitions
+from .settings import Settings, load_settings
+
+log = logging.getLogger("exo_celery.beat")
+
+GRAPHS_REFRESH = 10.0  # seconds between reloads of the graphs that have cron triggers
+PURGE_EVERY = 60.0
+
+
+class Beat:
+    """One beat process's work; `tick()` does one round and says how long to sleep."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.app = app or make_app(self.settings, main="exo_celery.beat")
+        self.repo = Repo(self.settings.ledger_url)
+        self.transitions = Transitions(self.settings.ledger_url, self.settings.lease_seconds,
+                                       self.settings.max_countdown)
+        self.cron_checked = time.time()
+        self._graphs: list[CompiledGraph] = []
+        self._graphs_at = 0.0
+        self._last_sweep = 0.0
+        self._last_purge = 0.0
+        self._managers: dict[str, StateManager] = {}
+
+    @property
+    def horizon(self) -> float:
+        """How far ahead delayed states are released (they are then sent with a countdown)."""
+        return min(self.settings.max_countdown, 2 * self.settings.sweep_interval)
+
+    def tick(self) -> float:
+        """Run whatever is due now; returns seconds until the next tick."""
+        now = time.time()
+        self.fire_crons(now)
+        if now - self._last_sweep >= self.settings.sweep_interval:
+            self._last_sweep = now
+            released = publish(self.app, self.settings, self.transitions.release_due(self.horizon))
+            recovered = publish(self.app, self.settings, self.transitions.recover())
+            if released or recovered:
+                log.info("released %d due state(s), re-sent %d lost or orphaned state(s)", released, recovered)
+        if now - self._last_purge >= PURGE_EVERY:
+            self._last_purge = now
+            purged = self.repo.purge_finished_runs(now - self.settings.retention_seconds)
+            if purged:
+                log.info("purged %d finished run(s) past retention", purged)
+        return min(1.0, self.settings.sweep_interval)
+
+    def fire_crons(self, now: float) -> int:
+        """Trigger every graph whose cron time passed since the last check (once, across beats)."""
+        if now - self._graphs_at >= GRAPHS_REFRESH:
+            self._graphs_at = now
+            self._graphs = [CompiledGraph.from_row(r) for r in self.repo.latest_graphs() if r["template"].get("triggers")]
+        after = datetime.fromtimestamp(self.cron_checked, timezone.utc)
+        until = datetime.fromtimestamp(now, timezone.utc)
+        self.cron_checked = now
+        fired = 0
+        for graph in self._graphs:
+            for trigger in graph.template.triggers:
+                for at in fire_times(trigger.expression, after, until):
+                    fired += self._fire(graph, trigger.expression, at)
+        return fired
+
+    def _fire(self, graph: CompiledGraph, expression: str, at: datetime) -> int:
+        ns, name = graph.template.namespace, graph.template.name
+        key = f"{ns}/{name}/{expression}/{int(at.timestamp())}"
+        manager = self._managers.setdefault(ns, StateManager(ns, settings=self.settings, validation_timeout=0))
+        try:
+            result = manager.trigger_sync(name, cron_key=key)
+        except ExoError as exc:
+            log.error("cron trigger %r of graph %r could not start a run: %s", expression, name, exc)
+            return 0
+        if result["status"] == "CREATED":
+            log.info("cron %r fired graph %r at %s: run %s", expression, name, at.isoformat(), result["run_id"])
+            return 1
+        return 0
+
+    def run_forever(self) -> None:
+        """Tick until interrupted."""
+        log.info("exo_celery beat started (sweep every %.1f s, lease %.1f s)",
+                 self.settings.sweep_interval, self.settings.lease_seconds)
+        while True:
+            try:
+                pause = self.tick()
+            except Exception:  # noqa: BLE001 - a ledger or broker outage must not end beat
+                log.exception("beat tick failed; retrying")
+                pause = 1.0
+            time.sleep(pause)
+
+
+class ExoScheduler(Scheduler):
+    """A Celery beat scheduler that also does exo_celery's beat work each tick."""
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        super().__init__(app, *args, **kwargs)
+        settings = getattr(app, "exo_settings", None) or load_settings()
+        self.exo = Beat(settings, app)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            pause = self.exo.tick()
+        except Exception:  # noqa: BLE001
+            log.exception("beat tick failed; retrying")
+            pause = 1.0
+        return min(pause, super().tick(*args, **kwargs))

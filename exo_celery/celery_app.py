@@ -1,0 +1,69 @@
+"""The Celery app factory and the publisher of state messages (ids only)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from celery import Celery
+
+from .ledger.transitions import Dispatch
+from .settings import Settings
+
+
+def queue_name(settings: Settings, namespace: str) -> str:
+    """The queue a namespace's states go to: `<prefix>.<namespace>`."""
+    return f"{settings.queue_prefix}.{namespace}"
+
+
+def task_name(settings: Settings, namespace: str, node_name: str) -> str:
+    """The Celery task name of a node: `<prefix>.<namespace>.<NodeName>`."""
+    return f"{settings.queue_prefix}.{namespace}.{node_name}"
+
+
+def make_app(settings: Settings, main: str = "exo_celery") -> Celery:
+    """A Celery app configured for exo_celery: late acks, task events, no result backend."""
+    app = Celery(main, broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=settings.broker_transport_options(),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_prefetch_multiplier=4,
+        task_default_queue=f"{settings.queue_prefix}.default",
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    app.exo_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def describe(d: Dispatch) -> str:
+    """What Flower and the worker log show as a task's arguments: ids and names, no values."""
+    return f"(graph={d.graph_name!r}, identifier={d.identifier!r}, run_id={d.run_id!r}, state_id={d.state_id!r})"
+
+
+def publish(app: Celery, settings: Settings, dispatches: Iterable[Dispatch]) -> int:
+    """Send one message per state (after the ledger commit); delays become Celery countdowns."""
+    items = list(dispatches)
+    if not items:
+        return 0
+    now = time.time()
+    with app.producer_or_acquire() as producer:
+        for d in items:
+            countdown = d.due_at - now
+            app.send_task(
+                task_name(settings, d.namespace, d.node_name),
+                args=[d.state_id, d.run_id],
+                queue=queue_name(settings, d.namespace),
+                countdown=countdown if countdown > 0.001 else None,
+                argsrepr=describe(d),
+                kwargsrepr="{}",
+                producer=producer,
+            )
+    return len(items)

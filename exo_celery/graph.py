@@ -1,0 +1,159 @@
+"""Graph template models, with the exospherehost SDK's names and fields."""
+
+from __future__ import annotations
+
+import random
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import GraphValidationError
+from .retry import RetryStrategyEnum, compute_delay
+
+
+class UnitesStrategyEnum(str, Enum):
+    """When a uniting node fires: all branches fine (SUCCESS/PRUNED), or all merely finished."""
+
+    ALL_SUCCESS = "ALL_SUCCESS"
+    ALL_DONE = "ALL_DONE"
+
+
+class UnitesModel(BaseModel):
+    """`unites` of a node: run once per execution of `identifier`, after all its branches."""
+
+    identifier: str
+    strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS
+
+
+class GraphNodeModel(BaseModel):
+    """One node of a graph template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_name: str
+    namespace: str | None = None  # the StateManager's namespace when omitted
+    identifier: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    next_nodes: list[str] | None = None
+    unites: UnitesModel | None = None
+
+
+class RetryPolicyModel(BaseModel):
+    """Graph-level retry policy; delays in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_retries: int = Field(3, ge=0, le=1000)
+    strategy: RetryStrategyEnum = RetryStrategyEnum.EXPONENTIAL
+    backoff_factor: int = Field(2000, gt=0, le=7 * 24 * 3600 * 1000)
+    exponent: int = Field(2, gt=0, le=100)
+    max_delay: int | None = Field(None, gt=0)
+
+    def compute_delay(self, retry_count: int, rng: random.Random | None = None) -> int:
+        """Delay in ms before retry number `retry_count` (1 = first retry)."""
+        return compute_delay(
+            self.strategy, self.backoff_factor, self.exponent, self.max_delay, retry_count, rng
+        )
+
+
+class StoreConfigModel(BaseModel):
+    """Store keys a trigger must give, and defaults for the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    required_keys: list[str] = Field(default_factory=list)
+    default_values: dict[str, str] = Field(default_factory=dict)
+
+
+class CronTrigger(BaseModel):
+    """Trigger the graph at each time of a 5-field cron expression (UTC)."""
+
+    expression: str
+    type: str = "CRON"
+
+
+class GraphTemplate(BaseModel):
+    """A whole template as the ledger keeps it (secrets are held apart, encrypted)."""
+
+    name: str
+    namespace: str
+    nodes: list[GraphNodeModel]
+    retry_policy: RetryPolicyModel = Field(default_factory=RetryPolicyModel)
+    store_config: StoreConfigModel = Field(default_factory=StoreConfigModel)
+    triggers: list[CronTrigger] = Field(default_factory=list)
+    secret_names: list[str] = Field(default_factory=list)
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes_not_empty(cls, nodes: list[GraphNodeModel]) -> list[GraphNodeModel]:
+        if not nodes:
+            raise ValueError("a graph needs at least one node")
+        return nodes
+
+
+def _describe(exc: ValidationError, where: str) -> list[str]:
+    return [
+        f"{where}{'.' + '.'.join(str(p) for p in e['loc']) if e['loc'] else ''}: {e['msg']}"
+        for e in exc.errors()
+    ]
+
+
+def parse_trigger(raw: Any) -> CronTrigger:
+    """A trigger from a model, an expression string, or Exosphere's JSON form."""
+    if isinstance(raw, CronTrigger):
+        return raw
+    if isinstance(raw, str):
+        return CronTrigger(expression=raw)
+    if isinstance(raw, dict):
+        if "value" in raw:
+            if str(raw.get("type", "CRON")).upper() != "CRON":
+                raise ValueError(f"unsupported trigger type {raw.get('type')!r} (only CRON)")
+            return CronTrigger(**raw["value"])
+        return CronTrigger(**raw)
+    raise ValueError(f"a trigger must be a CronTrigger, got {type(raw).__name__}")
+
+
+def parse_graph_parts(
+    graph_name: str,
+    graph_nodes: Any,
+    retry_policy: Any = None,
+    store_config: Any = None,
+    triggers: Any = None,
+) -> tuple[list[GraphNodeModel], RetryPolicyModel, StoreConfigModel, list[CronTrigger]]:
+    """Coerce models or plain dicts into template parts, listing every shape error at once."""
+    errors: list[str] = []
+    nodes: list[GraphNodeModel] = []
+    if not isinstance(graph_nodes, (list, tuple)):
+        errors.append(f"nodes: expected a list of nodes, got {type(graph_nodes).__name__}")
+        graph_nodes = []
+    for i, raw in enumerate(graph_nodes):
+        try:
+            nodes.append(raw if isinstance(raw, GraphNodeModel) else GraphNodeModel.model_validate(raw))
+        except ValidationError as exc:
+            errors.extend(_describe(exc, f"nodes[{i}]"))
+    if not graph_nodes:
+        errors.append("nodes: a graph needs at least one node")
+
+    def coerce(model: type[BaseModel], raw: Any, where: str) -> Any:
+        if raw is None:
+            return model()
+        if isinstance(raw, model):
+            return raw
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            errors.extend(_describe(exc, where))
+            return model()
+
+    policy = coerce(RetryPolicyModel, retry_policy, "retry_policy")
+    store = coerce(StoreConfigModel, store_config, "store_config")
+    parsed_triggers: list[CronTrigger] = []
+    for i, raw in enumerate(triggers or []):
+        try:
+            parsed_triggers.append(parse_trigger(raw))
+        except (ValidationError, ValueError, TypeError) as exc:
+            errors.append(f"triggers[{i}]: {exc}")
+    if errors:
+        raise GraphValidationError(graph_name, errors)
+    return nodes, policy, store, parsed_triggers

@@ -1,0 +1,1 @@
+"""The ledger: tables, engines, and every SQL statement exo_celery runs."""

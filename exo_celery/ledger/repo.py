@@ -1,0 +1,199 @@
+"""Reads and writes of graphs, registered nodes, runs and the store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..engine import NewState
+from ..status import TERMINAL_RUNS, RunStatus, StateStatus
+from .db import get_engine
+from .tables import graphs, nodes, runs, scopes, states, store
+
+
+def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) -> dict[str, Any]:
+    """The row of a planned state; `run` gives run_id, graph_namespace, graph_name, graph_version."""
+    return {
+        "id": s.id, "run_id": run["run_id"], "namespace": s.namespace,
+        "graph_namespace": run["graph_namespace"], "graph_name": run["graph_name"],
+        "graph_version": run["graph_version"], "identifier": s.identifier, "node_name": s.node_name,
+        "status": s.status.value, "inputs": s.inputs, "outputs": s.outputs, "error": None,
+        "data": None, "retry_count": s.retry_count, "parents": s.parents, "scopes": s.scopes,
+        "branch": s.branch, "execution_id": s.execution_id, "fingerprint": s.fingerprint,
+        "retry_of": s.retry_of, "due_at": due_at, "lease_token": None, "lease_until": None,
+        "dispatched_at": now, "attempts": 0, "created_at": now, "updated_at": now,
+    }
+
+
+class Repo:
+    """Graphs, nodes, runs and store: every statement outside state transitions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def engine(self) -> Engine:
+        return get_engine(self.url)
+
+    # -- nodes -----------------------------------------------------------
+    def register_nodes(self, namespace: str, schemas: dict[str, dict[str, Any]], runtime_name: str) -> None:
+        """Record (or refresh) the schemas of the nodes a worker serves."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            for name, schema in schemas.items():
+                found = conn.execute(
+                    update(nodes)
+                    .where(nodes.c.namespace == namespace, nodes.c.node_name == name)
+                    .values(schema=schema, runtime_name=runtime_name, updated_at=now)
+                ).rowcount
+                if not found:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(insert(nodes).values(
+                                namespace=namespace, node_name=name, schema=schema,
+                                runtime_name=runtime_name, updated_at=now))
+                    except IntegrityError:
+                        pass  # another worker registered it at the same moment
+
+    def registry(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Schemas of the given (namespace, node_name) pairs that are registered."""
+        if not keys:
+            return {}
+        names = {k[1] for k in keys}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(nodes).where(nodes.c.node_name.in_(names))).mappings()
+            return {(r["namespace"], r["node_name"]): r["schema"] for r in rows if (r["namespace"], r["node_name"]) in keys}
+
+    # -- graphs ----------------------------------------------------------
+    def save_graph(self, namespace: str, name: str, template: dict[str, Any], secrets_cipher: str) -> int:
+        """Store a new version of a template; returns its version number."""
+        for _ in range(10):
+            with self.engine.begin() as conn:
+                latest = conn.execute(
+                    select(func.max(graphs.c.version)).where(graphs.c.namespace == namespace, graphs.c.name == name)
+                ).scalar()
+                version = (latest or 0) + 1
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(graphs).values(
+                            namespace=namespace, name=name, version=version, template=template,
+                            secrets_cipher=secrets_cipher, updated_at=time.time()))
+                    return version
+                except IntegrityError:
+                    continue  # a concurrent upsert took this version number
+        raise RuntimeError(f"could not store graph {name!r}: too many concurrent upserts")
+
+    def load_graph(self, namespace: str, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """A template row (latest version unless given), or None."""
+        q = select(graphs).where(graphs.c.namespace == namespace, graphs.c.name == name)
+        q = q.where(graphs.c.version == version) if version is not None else q.order_by(graphs.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+            return dict(row) if row else None
+
+    def latest_graphs(self) -> list[dict[str, Any]]:
+        """The latest version of every graph (beat reads their triggers)."""
+        latest = (
+            select(graphs.c.namespace, graphs.c.name, func.max(graphs.c.version).label("version"))
+            .group_by(graphs.c.namespace, graphs.c.name).subquery()
+        )
+        q = select(graphs).join(latest, (graphs.c.namespace == latest.c.namespace)
+                                & (graphs.c.name == latest.c.name) & (graphs.c.version == latest.c.version))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # -- runs ------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        namespace: str,
+        graph_name: str,
+        graph_version: int,
+        root: NewState,
+        store_values: dict[str, str],
+        due_at: float,
+        cron_key: str | None = None,
+    ) -> bool:
+        """Insert a run, its store and its root state in one transaction.
+
+        Returns False when `cron_key` was already used (another beat fired it).
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(runs).values(
+                        id=run_id, namespace=namespace, graph_name=graph_name, graph_version=graph_version,
+                        status=RunStatus.PENDING.value, outstanding=1, failed=0, cron_key=cron_key,
+                        created_at=now))
+            except IntegrityError:
+                if cron_key is None:
+                    raise
+                return False
+            if store_values:
+                conn.execute(insert(store), [{"run_id": run_id, "key": k, "value": v} for k, v in store_values.items()])
+            context = {"run_id": run_id, "graph_namespace": namespace, "graph_name": graph_name,
+                       "graph_version": graph_version}
+            conn.execute(insert(states).values(state_values(root, context, now, due_at)))
+        return True
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+            return dict(row) if row else None
+
+    def state_counts(self, run_id: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(states.c.status, func.count()).where(states.c.run_id == run_id).group_by(states.c.status)
+            ).all()
+        return {status: int(n) for status, n in rows}
+
+    def list_runs(self, namespace: str, graph_name: str | None, limit: int) -> list[dict[str, Any]]:
+        q = select(runs).where(runs.c.namespace == namespace)
+        if graph_name is not None:
+            q = q.where(runs.c.graph_name == graph_name)
+        q = q.order_by(runs.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def list_states(self, run_id: str) -> list[dict[str, Any]]:
+        q = select(states).where(states.c.run_id == run_id).order_by(states.c.created_at, states.c.branch)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def get_state(self, state_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
+            return dict(row) if row else None
+
+    def read_store(self, run_id: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(store.c.key, store.c.value).where(store.c.run_id == run_id)).all())
+
+    # -- retention -------------------------------------------------------
+    def purge_finished_runs(self, older_than: float, batch: int = 500) -> int:
+        """Delete runs finished before `older_than`, with their states, scopes and store."""
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(
+                select(runs.c.id).where(runs.c.status.in_([s.value for s in TERMINAL_RUNS]),
+                                        runs.c.finished_at < older_than).limit(batch)).scalars())
+            if ids:
+                for table in (states, scopes, store):
+                    conn.execute(delete(table).where(table.c.run_id.in_(ids)))
+                conn.execute(delete(runs).where(runs.c.id.in_(ids)))
+        return len(ids)
+
+
+def outputs_of(conn: Connection, state_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Outputs of the given states, by id."""
+    if not state_ids:
+        return {}
+    rows = conn.execute(select(states.c.id, states.c.outputs).where(states.c.id.in_(state_ids))).all()
+    return {sid: out or {} for sid, out in rows}
+
+
+SUCCESS = StateStatus.SUCCESS.value

@@ -1,0 +1,125 @@
+"""The ledger's tables (SQLModel). Times are UTC epoch seconds; ids are uuid4 hex strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class GraphRow(SQLModel, table=True):
+    """One version of a graph template (runs keep theirs); secrets are Fernet-encrypted."""
+
+    __tablename__ = "exo_graphs"
+
+    namespace: str = Field(primary_key=True, max_length=128)
+    name: str = Field(primary_key=True, max_length=128)
+    version: int = Field(primary_key=True)
+    template: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    secrets_cipher: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float
+
+
+class NodeRow(SQLModel, table=True):
+    """A node class a worker registered for its namespace."""
+
+    __tablename__ = "exo_nodes"
+
+    namespace: str = Field(primary_key=True, max_length=128)
+    node_name: str = Field(primary_key=True, max_length=128)
+    schema_: dict[str, Any] = Field(sa_column=Column("schema", JSON, nullable=False))
+    runtime_name: str = Field(default="", max_length=256)
+    updated_at: float
+
+
+class RunRow(SQLModel, table=True):
+    """One run of a graph; `outstanding` counts its states that are not terminal."""
+
+    __tablename__ = "exo_runs"
+    __table_args__ = (Index("ix_exo_runs_graph_created", "graph_name", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    namespace: str = Field(max_length=128)
+    graph_name: str = Field(max_length=128)
+    graph_version: int
+    status: str = Field(max_length=16, index=True)
+    outstanding: int = 0
+    failed: int = 0
+    cron_key: str | None = Field(default=None, max_length=300, unique=True)
+    created_at: float = Field(index=True)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class StateRow(SQLModel, table=True):
+    """One state of a run: one execution (or one fan-out output) of one node."""
+
+    __tablename__ = "exo_states"
+    __table_args__ = (
+        Index("ix_exo_states_run_identifier", "run_id", "identifier"),
+        Index("ix_exo_states_status_due", "status", "due_at"),
+        UniqueConstraint("fingerprint", name="uq_exo_states_fingerprint"),
+        UniqueConstraint("retry_of", name="uq_exo_states_retry_of"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    run_id: str = Field(max_length=32)
+    namespace: str = Field(max_length=128)
+    graph_namespace: str = Field(max_length=128)
+    graph_name: str = Field(max_length=128)
+    graph_version: int
+    identifier: str = Field(max_length=128)
+    node_name: str = Field(max_length=128)
+    status: str = Field(max_length=24)
+    inputs: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    outputs: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    retry_count: int = 0
+    parents: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    scopes: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    branch: str = Field(default="", sa_column=Column(Text, nullable=False))
+    execution_id: str | None = Field(default=None, max_length=32)
+    fingerprint: str | None = Field(default=None, max_length=300)
+    retry_of: str | None = Field(default=None, max_length=32)
+    due_at: float
+    lease_token: str | None = Field(default=None, max_length=32)
+    lease_until: float | None = None
+    dispatched_at: float | None = None
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+
+
+class ScopeRow(SQLModel, table=True):
+    """The barrier of one join or unite in one run: states still outstanding, and how they ended."""
+
+    __tablename__ = "exo_scopes"
+
+    id: str = Field(primary_key=True, max_length=300)
+    run_id: str = Field(max_length=32, index=True)
+    barrier: str = Field(max_length=128)
+    opener_id: str = Field(max_length=32)
+    outstanding: int = 0
+    failed: int = 0
+    pruned: int = 0
+
+
+class StoreRow(SQLModel, table=True):
+    """One key of a run's store."""
+
+    __tablename__ = "exo_store"
+
+    run_id: str = Field(primary_key=True, max_length=32)
+    key: str = Field(primary_key=True, max_length=256)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+graphs = GraphRow.__table__  # type: ignore[attr-defined]
+nodes = NodeRow.__table__  # type: ignore[attr-defined]
+runs = RunRow.__table__  # type: ignore[attr-defined]
+states = StateRow.__table__  # type: ignore[attr-defined]
+scopes = ScopeRow.__table__  # type: ignore[attr-defined]
+store = StoreRow.__table__  # type: ignore[attr-defined]
+metadata = SQLModel.metadata

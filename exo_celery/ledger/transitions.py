@@ -1,0 +1,439 @@
+"""State transitions: each one a compare-and-set in one transaction, safe to repeat.
+
+A transition that finds its state no longer in the expected status (or its
+lease taken over) changes nothing: a duplicate or redelivered message, or a
+worker that lost its lease, stops quietly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, case, insert, literal, or_, select, update
+
+from ..engine import (
+    CompiledGraph,
+    NewState,
+    PlanError,
+    Source,
+    barrier_fires,
+    lineage_refs,
+    plan_barrier_state,
+    plan_success,
+)
+from ..errors import NotFoundError, StateError
+from ..status import FAILED_STATES, RunStatus, StateStatus
+from ..topology import Barrier
+from .db import get_engine
+from .repo import outputs_of, state_values
+from .tables import runs, scopes, states, store
+
+S = StateStatus
+EARLY_TOLERANCE = 0.02  # seconds a message may arrive before its due time and still run
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A state to publish to Celery (ids only; the rest is for routing and display)."""
+
+    state_id: str
+    run_id: str
+    namespace: str
+    node_name: str
+    graph_name: str
+    identifier: str
+    due_at: float
+
+
+@dataclass
+class Outcome:
+    """How one execution of a node ended, as the worker classified it."""
+
+    kind: str  # "success", "error", "prune" or "requeue"
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    data: dict[str, Any] | None = None
+    delay: float = 0.0  # requeue delay, seconds
+    retryable: bool = True
+    store_writes: dict[str, str] = field(default_factory=dict)
+
+
+def _dispatch(row: dict[str, Any]) -> Dispatch:
+    return Dispatch(row["id"], row["run_id"], row["namespace"], row["node_name"], row["graph_name"],
+                    row["identifier"], row["due_at"])
+
+
+class Transitions:
+    """Every status change of states and runs."""
+
+    def __init__(self, url: str, lease_seconds: float, max_countdown: float) -> None:
+        self.url = url
+        self.lease_seconds = lease_seconds
+        self.max_countdown = max_countdown
+
+    @property
+    def engine(self) -> Engine:
+        return get_engine(self.url)
+
+    def _status_for_due(self, due_at: float, now: float) -> StateStatus:
+        """QUEUED (sent now, with a countdown) when due soon enough; else CREATED (beat releases it)."""
+        return S.QUEUED if due_at - now <= self.max_countdown else S.CREATED
+
+    # -- claiming ---------------------------------------------------------
+    def claim(self, state_id: str, token: str) -> tuple[str, dict[str, Any] | None]:
+        """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(states)
+                .where(
+                    states.c.id == state_id,
+                    states.c.status == S.QUEUED.value,
+                    states.c.due_at <= now + EARLY_TOLERANCE,
+                    or_(states.c.lease_until.is_(None), states.c.lease_until < now),
+                )
+                .values(lease_token=token, lease_until=now + self.lease_seconds,
+                        attempts=states.c.attempts + 1, updated_at=now)
+                .returning(*states.c)
+            ).mappings().first()
+            if row is not None:
+                if not row["parents"]:
+                    conn.execute(
+                        update(runs).where(runs.c.id == row["run_id"], runs.c.status == RunStatus.PENDING.value)
+                        .values(status=RunStatus.RUNNING.value, started_at=now)
+                    )
+                return "claimed", dict(row)
+            current = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
+        if current is not None and current["status"] == S.QUEUED.value and current["due_at"] > now:
+            return "early", dict(current)
+        return "skip", None
+
+    def renew_leases(self, tokens: list[str]) -> None:
+        """Extend the leases of states this process is still executing."""
+        if not tokens:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(states).where(states.c.lease_token.in_(tokens), states.c.status == S.QUEUED.value)
+                .values(lease_until=time.time() + self.lease_seconds)
+            )
+
+    # -- completing -------------------------------------------------------
+    def complete(
+        self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome,
+    ) -> list[Dispatch]:
+        """Record how an execution ended and everything it causes; returns what to publish."""
+        now = time.time()
+        topo = graph.topology
+        ident = row["identifier"]
+        values: dict[str, Any] = {"lease_token": None, "lease_until": None, "updated_at": now}
+        created: list[NewState] = []  # states that will run (count in scopes and the run)
+        finished: list[NewState] = []  # fan-out outputs, inserted already SUCCESS
+        opens: list[Any] = []
+        leaving, failed_inc, pruned_inc = True, 0, 0
+        created_due = now
+        dispatches: list[Dispatch] = []
+        with self.engine.begin() as conn:
+            if outcome.kind == "success":
+                values["outputs"] = outcome.outputs[0] if outcome.outputs else None
+                try:
+                    needed, reads_store = lineage_refs(topo, topo.direct_children(ident))
+                    store_now = _read_store(conn, row["run_id"]) if reads_store else {}
+                    store_now.update(outcome.store_writes)
+                    known = outputs_of(conn, [row["parents"][i] for i in needed if i in row["parents"]])
+                    plan = plan_success(topo, graph.namespace_of, _source(row), outcome.outputs, known, store_now)
+                    values["status"] = S.SUCCESS.value
+                    created, finished, opens = plan.children, plan.output_states, plan.opens
+                    for output_state in finished:
+                        output_state.inputs = row["inputs"]
+                except PlanError as exc:
+                    values.update(status=S.NEXT_CREATED_ERROR.value, error=str(exc))
+                    failed_inc = 1
+            elif outcome.kind == "requeue":
+                due = now + outcome.delay
+                values.update(status=self._status_for_due(due, now).value, due_at=due, dispatched_at=now)
+                leaving = False
+            elif outcome.kind == "prune":
+                values.update(status=S.PRUNED.value, data=outcome.data or {})
+                pruned_inc = 1
+            else:
+                policy = graph.template.retry_policy
+                values["error"] = outcome.error
+                if outcome.retryable and row["retry_count"] < policy.max_retries:
+                    due = now + policy.compute_delay(row["retry_count"] + 1) / 1000.0
+                    values["status"] = S.RETRY_CREATED.value
+                    retry = NewState(
+                        _fresh_id(), ident, row["node_name"], row["namespace"], row["inputs"], row["parents"],
+                        row["scopes"], row["branch"], self._status_for_due(due, now),
+                        retry_of=row["id"], retry_count=row["retry_count"] + 1,
+                    )
+                    created, created_due = [retry], due
+                else:
+                    values["status"] = S.ERRORED.value
+                    failed_inc = 1
+
+            moved = conn.execute(
+                update(states)
+                .where(states.c.id == row["id"], states.c.status == S.QUEUED.value, states.c.lease_token == token)
+                .values(**values)
+            ).rowcount
+            if not moved:
+                conn.rollback()
+                return []
+
+            if outcome.kind == "success" and outcome.store_writes:
+                _write_store(conn, row["run_id"], outcome.store_writes)
+            if outcome.kind == "requeue":
+                if values["status"] == S.QUEUED.value:
+                    dispatches.append(_dispatch({**row, "due_at": values["due_at"]}))
+            _insert_states(conn, finished, row, now, now)
+            _insert_states(conn, created, row, now, created_due)
+
+            fired: list[NewState] = []
+            fired_errors: list[NewState] = []
+            for name in topo.barrier_order:
+                barrier = topo.barriers[name]
+                if barrier.over == ident:
+                    for op in (o for o in opens if o.barrier == name):
+                        conn.execute(insert(scopes).values(
+                            id=op.id, run_id=row["run_id"], barrier=name, opener_id=op.opener_id,
+                            outstanding=op.outstanding, failed=0, pruned=0))
+                        if op.outstanding == 0:
+                            self._fire(conn, graph, barrier, op.id, op.opener_id, 0, 0, row, fired, fired_errors)
+                elif ident in barrier.region and name in row["scopes"]:
+                    sid = row["scopes"][name]
+                    born = sum(1 for s in (*created, *fired)
+                               if s.identifier in barrier.region and s.scopes.get(name) == sid)
+                    failed_here = failed_inc + sum(
+                        1 for s in fired_errors if s.identifier in barrier.region and s.scopes.get(name) == sid)
+                    delta = born - (1 if leaving else 0)
+                    if delta == 0 and not failed_here and not pruned_inc:
+                        continue
+                    scope = conn.execute(
+                        update(scopes).where(scopes.c.id == sid)
+                        .values(outstanding=scopes.c.outstanding + delta, failed=scopes.c.failed + failed_here,
+                                pruned=scopes.c.pruned + pruned_inc)
+                        .returning(scopes.c.outstanding, scopes.c.failed, scopes.c.pruned, scopes.c.opener_id)
+                    ).first()
+                    if scope is not None and scope.outstanding == 0 and delta < 0:
+                        self._fire(conn, graph, barrier, sid, scope.opener_id, scope.failed, scope.pruned, row,
+                                   fired, fired_errors)
+
+            run_delta = len(created) + len(fired) - (1 if leaving else 0)
+            run_failed = failed_inc + len(fired_errors)
+            if run_delta or run_failed:
+                _move_run(conn, row["run_id"], run_delta, run_failed, now)
+            for s in (*created, *fired):
+                if s.status == S.QUEUED:
+                    due = created_due if s in created else now
+                    dispatches.append(Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"],
+                                               s.identifier, due))
+        return dispatches
+
+    def _fire(
+        self, conn: Connection, graph: CompiledGraph, barrier: Barrier, sid: str, opener_id: str,
+        failed: int, pruned: int, row: dict[str, Any], fired: list[NewState], fired_errors: list[NewState],
+    ) -> None:
+        """Create the state of a barrier whose scope just emptied (once: the fingerprint is unique)."""
+        if not barrier_fires(barrier, failed, pruned):
+            return
+        topo = graph.topology
+        opener_row = conn.execute(select(states).where(states.c.id == opener_id)).mappings().first()
+        if opener_row is None:
+            return
+        opener = _source(dict(opener_row))
+        refs, _ = lineage_refs(topo, [barrier.node])
+        gather_ids = sorted(refs & (barrier.region | {barrier.over}))
+        gathered: dict[str, list[tuple[str, dict[str, Any]]]] = {i: [] for i in gather_ids}
+        region_ids = [i for i in gather_ids if i != barrier.over]
+        if region_ids:
+            q = (
+                select(states.c.id, states.c.identifier, states.c.outputs)
+                .where(states.c.run_id == row["run_id"], states.c.identifier.in_(region_ids),
+                       states.c.status == S.SUCCESS.value, states.c.outputs.is_not(None),
+                       states.c.scopes[barrier.node].as_string() == sid)
+                .order_by(states.c.branch, states.c.created_at)
+            )
+            for sid_, ident_, out in conn.execute(q):
+                gathered[ident_].append((sid_, out))
+        if barrier.over in gathered and not barrier.per_output:
+            q = (
+                select(states.c.id, states.c.outputs)
+                .where(states.c.run_id == row["run_id"], states.c.identifier == barrier.over,
+                       states.c.status == S.SUCCESS.value, states.c.outputs.is_not(None),
+                       or_(states.c.id == opener.execution_id, states.c.execution_id == opener.execution_id))
+                .order_by(states.c.branch)
+            )
+            gathered[barrier.over] = [(i, out) for i, out in conn.execute(q)]
+        lineage = refs & set(opener.parents) - set(gather_ids)
+        known = outputs_of(conn, [opener.parents[i] for i in lineage])
+        _, reads_store = lineage_refs(topo, [barrier.node])
+        store_now = _read_store(conn, row["run_id"]) if reads_store else {}
+        try:
+            state = plan_barrier_state(topo, graph.namespace_of, barrier, opener, sid, gathered, known, store_now)
+        except PlanError as exc:
+            spec = topo.nodes[barrier.node]
+            state = NewState(_fresh_id(), barrier.node, spec.node_name, graph.namespace_of(barrier.node), {},
+                             dict(opener.parents), {}, opener.branch, S.ERRORED, fingerprint=sid)
+            if _insert_unique(conn, state, row, error=f"inputs could not be resolved: {exc}"):
+                fired_errors.append(state)
+            return
+        if _insert_unique(conn, state, row):
+            fired.append(state)
+
+    # -- operator actions ---------------------------------------------------
+    def manual_retry(self, state_id: str) -> tuple[dict[str, Any], list[Dispatch]]:
+        """Retry an ERRORED (or NEXT_CREATED_ERROR / CANCELLED) state; repeating it returns the same retry."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
+            if row is None:
+                raise NotFoundError(f"state {state_id!r} does not exist")
+            existing = conn.execute(select(states).where(states.c.retry_of == state_id)).mappings().first()
+            if existing is not None:
+                return dict(existing), []
+            if row["status"] not in {*(s.value for s in FAILED_STATES), S.CANCELLED.value}:
+                raise StateError(
+                    f"state {state_id!r} is {row['status']}; only ERRORED, NEXT_CREATED_ERROR or CANCELLED "
+                    "states can be retried"
+                )
+            run = conn.execute(select(runs).where(runs.c.id == row["run_id"])).mappings().first()
+            if run is None or run["status"] == RunStatus.CANCELLED.value:
+                raise StateError(f"run {row['run_id']!r} was cancelled; its states cannot be retried")
+            was_failed = row["status"] in {s.value for s in FAILED_STATES}
+            moved = conn.execute(
+                update(states).where(states.c.id == state_id, states.c.status == row["status"])
+                .values(status=S.RETRY_CREATED.value, updated_at=now)
+            ).rowcount
+            if not moved:
+                raise StateError(f"state {state_id!r} changed while retrying it; try again")
+            retry = NewState(_fresh_id(), row["identifier"], row["node_name"], row["namespace"], row["inputs"],
+                             row["parents"], row["scopes"], row["branch"], S.QUEUED,
+                             retry_of=state_id, retry_count=row["retry_count"] + 1)
+            _insert_states(conn, [retry], dict(row), now, now)
+            for sid in row["scopes"].values():
+                conn.execute(update(scopes).where(scopes.c.id == sid).values(
+                    outstanding=scopes.c.outstanding + 1,
+                    failed=scopes.c.failed - (1 if was_failed else 0)))
+            conn.execute(update(runs).where(runs.c.id == row["run_id"]).values(
+                outstanding=runs.c.outstanding + 1,
+                failed=runs.c.failed - (1 if was_failed else 0),
+                status=RunStatus.RUNNING.value, finished_at=None))
+            created = conn.execute(select(states).where(states.c.id == retry.id)).mappings().one()
+        return dict(created), [_dispatch(dict(created))]
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        """Cancel a run: waiting states become CANCELLED; running ones finish without children."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+            if run is None:
+                raise NotFoundError(f"run {run_id!r} does not exist")
+            if run["status"] in (RunStatus.SUCCESS.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value):
+                return dict(run)
+            conn.execute(
+                update(states).where(states.c.run_id == run_id,
+                                     states.c.status.in_([S.CREATED.value, S.QUEUED.value]))
+                .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
+            )
+            conn.execute(update(runs).where(runs.c.id == run_id).values(
+                status=RunStatus.CANCELLED.value, outstanding=0, finished_at=now))
+            return dict(conn.execute(select(runs).where(runs.c.id == run_id)).mappings().one())
+
+    # -- beat ---------------------------------------------------------------
+    def release_due(self, horizon: float, limit: int = 2000) -> list[Dispatch]:
+        """Move CREATED states due within `horizon` seconds to QUEUED; returns them to publish."""
+        now = time.time()
+        ids = select(states.c.id).where(states.c.status == S.CREATED.value,
+                                        states.c.due_at <= now + horizon).limit(limit)
+        return self._mark_dispatched(
+            update(states).where(states.c.id.in_(ids.scalar_subquery()), states.c.status == S.CREATED.value)
+            .values(status=S.QUEUED.value, dispatched_at=now, updated_at=now), now)
+
+    def recover(self, limit: int = 2000) -> list[Dispatch]:
+        """States whose worker died (lease expired) or whose message never arrived: publish them again."""
+        now = time.time()
+        expired = select(states.c.id).where(states.c.status == S.QUEUED.value,
+                                            states.c.lease_until < now).limit(limit)
+        found = self._mark_dispatched(
+            update(states).where(states.c.id.in_(expired.scalar_subquery()), states.c.lease_until < now)
+            .values(lease_token=None, lease_until=None, dispatched_at=now), now)
+        stale = now - self.lease_seconds
+        lost = select(states.c.id).where(states.c.status == S.QUEUED.value, states.c.lease_until.is_(None),
+                                         states.c.dispatched_at < stale, states.c.due_at < stale).limit(limit)
+        found += self._mark_dispatched(
+            update(states).where(states.c.id.in_(lost.scalar_subquery()), states.c.lease_until.is_(None))
+            .values(dispatched_at=now), now)
+        return found
+
+    def _mark_dispatched(self, statement: Any, now: float) -> list[Dispatch]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(statement.returning(
+                states.c.id, states.c.run_id, states.c.namespace, states.c.node_name, states.c.graph_name,
+                states.c.identifier, states.c.due_at)).mappings().all()
+        return [_dispatch(dict(r)) for r in rows]
+
+
+def _fresh_id() -> str:
+    from ..engine import new_id
+
+    return new_id()
+
+
+def _source(row: dict[str, Any]) -> Source:
+    return Source(row["id"], row["run_id"], row["identifier"], row["parents"] or {}, row["scopes"] or {},
+                  row["branch"] or "", row["execution_id"] or row["id"])
+
+
+def _insert_states(conn: Connection, new: list[NewState], row: dict[str, Any], now: float, due_at: float) -> None:
+    if new:
+        conn.execute(insert(states), [
+            state_values(s, row, now, due_at) for s in new
+        ])
+
+
+def _insert_unique(conn: Connection, state: NewState, row: dict[str, Any], error: str | None = None) -> bool:
+    """Insert a barrier state unless its fingerprint exists already (a race lost)."""
+    from sqlalchemy.exc import IntegrityError
+
+    now = time.time()
+    values = state_values(state, row, now, now)
+    values["error"] = error
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(states).values(values))
+        return True
+    except IntegrityError:
+        return False
+
+
+def _move_run(conn: Connection, run_id: str, delta: int, failed: int, now: float) -> None:
+    """Adjust a run's counters; the transaction that empties it decides SUCCESS or FAILED."""
+    active = runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value])
+    ends = active & (runs.c.outstanding + delta <= 0)
+    conn.execute(
+        update(runs).where(runs.c.id == run_id).values(
+            outstanding=runs.c.outstanding + delta,
+            failed=runs.c.failed + failed,
+            status=case(
+                (ends & (runs.c.failed + failed > 0), literal(RunStatus.FAILED.value)),
+                (ends, literal(RunStatus.SUCCESS.value)),
+                else_=runs.c.status,
+            ),
+            finished_at=case((ends, literal(now)), else_=runs.c.finished_at),
+        )
+    )
+
+
+def _read_store(conn: Connection, run_id: str) -> dict[str, str]:
+    return dict(conn.execute(select(store.c.key, store.c.value).where(store.c.run_id == run_id)).all())
+
+
+def _write_store(conn: Connection, run_id: str, writes: dict[str, str]) -> None:
+    for key, value in writes.items():
+        done = conn.execute(update(store).where(store.c.run_id == run_id, store.c.key == key)
+                            .values(value=value)).rowcount
+        if not done:
+            conn.execute(insert(store).values(run_id=run_id, key=key, value=value))

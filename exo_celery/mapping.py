@@ -1,0 +1,81 @@
+"""`${{ id.outputs.field }}` and `${{ store.key }}` placeholders: parsing and rendering."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_PLACEHOLDER = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+_OUTPUT_REF = re.compile(r"^([\w-]+)\.outputs\.([\w-]+)$")
+_STORE_REF = re.compile(r"^store\.([^.\s]+)$")
+
+
+class PlaceholderError(ValueError):
+    """A placeholder that does not parse."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One placeholder: an ancestor's output field, or a store key."""
+
+    kind: str  # "output" or "store"
+    name: str  # identifier for outputs, key for store
+    field: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "store":
+            return f"${{{{ store.{self.name} }}}}"
+        return f"${{{{ {self.name}.outputs.{self.field} }}}}"
+
+
+def as_text(value: Any) -> str:
+    """Template values are strings in v1; numbers, booleans and JSON structures are stringified."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) or value is None:
+        return "" if value is None else str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def parse_refs(value: Any) -> list[Ref]:
+    """Every placeholder in `value`, in order; raises PlaceholderError naming a bad one."""
+    text = as_text(value)
+    refs: list[Ref] = []
+    for match in _PLACEHOLDER.finditer(text):
+        body = match.group(1).strip()
+        if (m := _STORE_REF.match(body)) is not None:
+            refs.append(Ref("store", m.group(1)))
+        elif (m := _OUTPUT_REF.match(body)) is not None and m.group(1) != "store":
+            refs.append(Ref("output", m.group(1), m.group(2)))
+        else:
+            raise PlaceholderError(
+                f"placeholder {match.group(0)!r} does not parse: expected "
+                "'${{ <identifier>.outputs.<field> }}' or '${{ store.<key> }}'"
+            )
+    leftover = _PLACEHOLDER.sub("", text)
+    if "${{" in leftover:
+        raise PlaceholderError(f"unterminated placeholder in {text[:80]!r}: '${{{{' without '}}}}'")
+    return refs
+
+
+def render(value: Any, resolve: Callable[[Ref], str]) -> str:
+    """`value` with each placeholder replaced by `resolve(ref)`; the text around is kept."""
+    text = as_text(value)
+    if "${{" not in text:
+        return text
+    parse_refs(text)  # raise on malformed input before substituting anything
+
+    def substitute(match: re.Match[str]) -> str:
+        body = match.group(1).strip()
+        if (m := _STORE_REF.match(body)) is not None:
+            return resolve(Ref("store", m.group(1)))
+        m = _OUTPUT_REF.match(body)
+        assert m is not None
+        return resolve(Ref("output", m.group(1), m.group(2)))
+
+    return _PLACEHOLDER.sub(substitute, text)

@@ -1,0 +1,89 @@
+"""`Runtime`: register a namespace's nodes and run a Celery worker on its queue (blocks, like Exosphere's)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+
+from .celery_app import make_app, queue_name
+from .errors import ConfigError
+from .ledger.repo import Repo
+from .node import is_node_class, node_schema
+from .settings import Settings, load_settings
+from .tasks import Worker, register_node_tasks
+from .validate import name_problem
+
+
+class Runtime:
+    """Serve `nodes` for `namespace`: `start()` registers them and consumes `<prefix>.<namespace>`.
+
+    `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker -Q exo.<ns>` works too.
+    Exosphere-only arguments (`state_manager_uri`, `key`, ...) are accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        nodes: Iterable[type],
+        *,
+        database_url: str | None = None,
+        broker_url: str | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        loglevel: str = "INFO",
+        settings: Settings | None = None,
+        **_exosphere_options: Any,
+    ) -> None:
+        if (problem := name_problem("namespace", namespace)) is not None:
+            raise ConfigError(problem)
+        node_list = list(nodes)
+        bad = [repr(n) for n in node_list if not is_node_class(n)]
+        if bad:
+            raise ConfigError(
+                f"not node classes (need nested Inputs, Outputs, Secrets models and execute): {', '.join(bad)}"
+            )
+        if not node_list:
+            raise ConfigError("Runtime needs at least one node class")
+        self.namespace = namespace
+        self.name = name
+        self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
+        self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
+        self.concurrency = concurrency
+        self.pool = pool
+        self.loglevel = loglevel
+        self.app: Celery = make_app(self.settings, main=f"exo_celery.{namespace}")
+        self.worker: Worker = register_node_tasks(self.app, self.settings, namespace, self.nodes)
+        worker_init.connect(self._on_worker_init, weak=False)
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.settings, self.namespace)
+
+    def register(self) -> None:
+        """Record the nodes' schemas in the ledger so graphs using them validate."""
+        schemas = {name: node_schema(cls) for name, cls in self.nodes.items()}
+        Repo(self.settings.ledger_url).register_nodes(self.namespace, schemas, self.name)
+
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app:
+            self.register()
+
+    def worker_argv(self) -> list[str]:
+        """The `celery worker` arguments `start()` uses."""
+        argv = ["worker", "-Q", self.queue, "-n", f"{self.name}@%h", f"--loglevel={self.loglevel}", "-E"]
+        if self.concurrency:
+            argv += ["-c", str(self.concurrency)]
+        if self.pool:
+            argv += ["-P", self.pool]
+        return argv
+
+    def start(self) -> None:
+        """Register the nodes and run the worker until it is stopped (blocks)."""
+        logging.getLogger("exo_celery").setLevel(self.loglevel.upper())
+        self.register()
+        self.app.worker_main(self.worker_argv())

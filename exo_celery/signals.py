@@ -1,0 +1,43 @@
+"""Signals a node raises to steer its own state (Exosphere's names and meaning)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+class PruneSignal(Exception):
+    """Stop this branch: the state becomes PRUNED with `data` recorded, and gets no children."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data: dict[str, Any] = dict(data or {})
+        super().__init__("state pruned")
+
+
+class ReQueueAfterSignal(Exception):
+    """Run this state again after `delay` (polling); its retry count is unchanged."""
+
+    def __init__(self, delay: timedelta) -> None:
+        if not isinstance(delay, timedelta):
+            raise TypeError(f"ReQueueAfterSignal delay must be a timedelta, got {type(delay).__name__}")
+        if delay.total_seconds() <= 0:
+            raise ValueError(f"ReQueueAfterSignal delay must be greater than 0, got {delay}")
+        self.delay = delay
+        super().__init__(f"requeue after {delay}")
+
+
+def as_prune(exc: BaseException) -> dict[str, Any] | None:
+    """The prune data if `exc` is a PruneSignal (ours or exospherehost's), else None."""
+    if isinstance(exc, PruneSignal) or type(exc).__name__ == "PruneSignal":
+        data = getattr(exc, "data", None)
+        return dict(data) if isinstance(data, dict) else {}
+    return None
+
+
+def as_requeue(exc: BaseException) -> timedelta | None:
+    """The delay if `exc` is a ReQueueAfterSignal (ours or exospherehost's), else None."""
+    if isinstance(exc, ReQueueAfterSignal) or type(exc).__name__ == "ReQueueAfterSignal":
+        delay = getattr(exc, "delay", None)
+        if isinstance(delay, timedelta) and delay.total_seconds() > 0:
+            return delay
+    return None

@@ -1,0 +1,148 @@
+"""The Celery task behind every node: claim the state, run the node, record the outcome, publish children."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Celery, Task
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from .celery_app import publish, task_name
+from .crypto import decrypt_secrets, redact
+from .engine import CompiledGraph, new_id
+from .execute import run_node
+from .ledger.repo import Repo
+from .ledger.transitions import Dispatch, Outcome, Transitions
+from .settings import Settings
+
+log = logging.getLogger("exo_celery.worker")
+
+
+class Heartbeat:
+    """Renews the leases of the states this process is executing, however long they run."""
+
+    def __init__(self, transitions: Transitions, period: float) -> None:
+        self.transitions = transitions
+        self.period = period
+        self.tokens: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def track(self, token: str) -> None:
+        with self._lock:
+            self.tokens.add(token)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="exo-lease", daemon=True)
+                self._thread.start()
+
+    def untrack(self, token: str) -> None:
+        with self._lock:
+            self.tokens.discard(token)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.period)
+            with self._lock:
+                tokens = list(self.tokens)
+            try:
+                self.transitions.renew_leases(tokens)
+            except Exception:  # noqa: BLE001 - the ledger may be briefly down; try next period
+                log.warning("could not renew %d lease(s); will retry", len(tokens))
+
+
+class Worker:
+    """What one worker process needs to execute states of its nodes."""
+
+    def __init__(self, app: Celery, settings: Settings, nodes: dict[str, type]) -> None:
+        self.app = app
+        self.settings = settings
+        self.nodes = nodes
+        self.repo = Repo(settings.ledger_url)
+        self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown)
+        self.heartbeat = Heartbeat(self.transitions, max(0.5, settings.lease_seconds / 3))
+        self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str]]] = {}
+
+    def graph(self, namespace: str, name: str, version: int) -> tuple[CompiledGraph, dict[str, str]]:
+        """A compiled template version and its secrets (versions never change, so they are cached)."""
+        key = (namespace, name, version)
+        cached = self._graphs.get(key)
+        if cached is None:
+            row = self.repo.load_graph(namespace, name, version)
+            if row is None:
+                raise LookupError(f"graph {name!r} version {version} is missing from the ledger")
+            graph = CompiledGraph.from_row(row)
+            cached = (graph, decrypt_secrets(graph.secrets_cipher, self.settings.fernet_key()))
+            self._graphs[key] = cached
+        return cached
+
+    def run_state(self, state_id: str, run_id: str) -> None:
+        """Execute one state; every step is safe to repeat for the same message."""
+        token = new_id()
+        verdict, row = _with_db_retry(lambda: self.transitions.claim(state_id, token))
+        if verdict == "skip" or row is None:
+            log.debug("state %s: nothing to do (finished, cancelled or running elsewhere)", state_id)
+            return
+        if verdict == "early":
+            publish(self.app, self.settings, [_as_dispatch(row)])
+            return
+        node_cls = self.nodes.get(row["node_name"])
+        graph, secrets = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
+        _log_transition(row, "RUNNING")
+        self.heartbeat.track(token)
+        try:
+            if node_cls is None:
+                outcome = Outcome("error", error=f"node {row['node_name']!r} is not served by this worker",
+                                  retryable=True)
+            else:
+                outcome = run_node(
+                    node_cls, row["inputs"], secrets,
+                    lambda: self.repo.read_store(row["run_id"]), self.settings.max_output_bytes,
+                )
+            dispatches = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
+        finally:
+            self.heartbeat.untrack(token)
+        status = {"success": "SUCCESS", "prune": "PRUNED", "requeue": "REQUEUED"}.get(outcome.kind, "FAILED")
+        _log_transition(row, status, redact(outcome.error, secrets.values()) if outcome.error else None)
+        publish(self.app, self.settings, dispatches)
+
+
+def _as_dispatch(row: dict[str, Any]) -> Dispatch:
+    return Dispatch(row["id"], row["run_id"], row["namespace"], row["node_name"], row["graph_name"],
+                    row["identifier"], row["due_at"])
+
+
+def _log_transition(row: dict[str, Any], status: str, error: str | None = None) -> None:
+    log.info(
+        "run=%s state=%s graph=%s identifier=%s status=%s%s",
+        row["run_id"], row["id"], row["graph_name"], row["identifier"], status,
+        f" error={error[:300]!r}" if error else "",
+    )
+
+
+def _with_db_retry(call: Any, attempts: int = 30) -> Any:
+    """Retry a ledger call while the database is unreachable (a restart), up to about a minute."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("ledger unavailable (%s); retrying", type(exc.orig).__name__)
+            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+    return None
+
+
+def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: dict[str, type]) -> Worker:
+    """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`."""
+    worker = Worker(app, settings, nodes)
+    for node_name in nodes:
+        name = task_name(settings, namespace, node_name)
+
+        def run(self: Task, state_id: str, run_id: str) -> None:
+            worker.run_state(state_id, run_id)
+
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run)
+    return worker

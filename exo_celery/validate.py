@@ -1,0 +1,118 @@
+"""Graph validation (SPEC 3): every problem of a template, listed at once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cron import cron_problem
+from .graph import CronTrigger, GraphNodeModel, StoreConfigModel
+from .mapping import PlaceholderError, parse_refs
+from .topology import Topology, analyse
+
+IDENTIFIER = re.compile(r"^[\w-]{1,128}$")
+MAX_NAME = 128
+
+
+@dataclass
+class ValidationReport:
+    """Problems found; `missing_nodes` are the ones a starting worker may still register."""
+
+    errors: list[str] = field(default_factory=list)
+    missing_nodes: list[tuple[str, str]] = field(default_factory=list)
+    topology: Topology | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.missing_nodes
+
+    def all_errors(self) -> list[str]:
+        missing = [
+            f"node {name!r} is not registered in namespace {ns!r} (start a worker that serves it)"
+            for ns, name in self.missing_nodes
+        ]
+        return self.errors + missing
+
+
+def name_problem(kind: str, value: Any) -> str | None:
+    """Why `value` cannot be a graph name, namespace or identifier, or None."""
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
+        shown = value if not isinstance(value, str) else value[:60]
+        return f"{kind} {shown!r} must be 1-{MAX_NAME} letters, digits, '_' or '-'"
+    return None
+
+
+def validate_template(
+    nodes: list[GraphNodeModel],
+    secrets: dict[str, str],
+    store_config: StoreConfigModel,
+    triggers: list[CronTrigger],
+    registry: dict[tuple[str, str], dict[str, Any]],
+) -> ValidationReport:
+    """Check a template against SPEC 3; `registry` maps (namespace, node_name) to a node schema."""
+    report = ValidationReport()
+    errors = report.errors
+    for i, n in enumerate(nodes):
+        for kind, value in (("identifier", n.identifier), ("node_name", n.node_name), ("namespace", n.namespace)):
+            if (problem := name_problem(f"nodes[{i}] {kind}", value)) is not None:
+                errors.append(problem)
+    for name in secrets:
+        if not isinstance(name, str) or not name.isidentifier():
+            errors.append(f"secret name {name!r} must be a valid identifier")
+    for value_name, value in secrets.items():
+        if not isinstance(value, str):
+            errors.append(f"secret {value_name!r} must be a string, got {type(value).__name__}")
+    for key in [*store_config.required_keys, *store_config.default_values]:
+        if not key or "." in key:
+            errors.append(f"store key {key!r} must be non-empty and contain no '.'")
+    for t in triggers:
+        if (problem := cron_problem(t.expression)) is not None:
+            errors.append(f"trigger: {problem}")
+
+    topology, structural = analyse(nodes)
+    errors.extend(structural)
+    report.topology = topology
+
+    for n in nodes:
+        schema = registry.get((n.namespace or "", n.node_name))
+        if schema is None:
+            if (n.namespace or "", n.node_name) not in report.missing_nodes:
+                report.missing_nodes.append((n.namespace or "", n.node_name))
+        else:
+            for name in schema["required_inputs"]:
+                if name not in n.inputs:
+                    errors.append(f"node {n.identifier!r}: input {name!r} of {n.node_name} is missing")
+            for name in n.inputs:
+                if name not in schema["inputs"]:
+                    errors.append(f"node {n.identifier!r}: unknown input {name!r} for {n.node_name}")
+            for name in schema["required_secrets"]:
+                if name not in secrets:
+                    errors.append(
+                        f"node {n.identifier!r}: secret {name!r} needed by {n.node_name} is not in the graph's secrets"
+                    )
+        for field_name, value in n.inputs.items():
+            try:
+                refs = parse_refs(value)
+            except PlaceholderError as exc:
+                errors.append(f"node {n.identifier!r}: input {field_name!r}: {exc}")
+                continue
+            for ref in refs:
+                if ref.kind == "store":
+                    continue
+                where = f"node {n.identifier!r}: input {field_name!r}: {ref}"
+                if topology is None:
+                    continue
+                if ref.name not in topology.nodes:
+                    errors.append(f"{where} names unknown node {ref.name!r}")
+                elif ref.name not in topology.readable(n.identifier):
+                    errors.append(f"{where} names {ref.name!r}, which is not an ancestor on this node's lineage")
+                else:
+                    source = topology.nodes[ref.name]
+                    source_schema = registry.get((source.namespace or "", source.node_name))
+                    if source_schema is not None and ref.field not in source_schema["outputs"]:
+                        errors.append(
+                            f"{where}: {source.node_name} has no output field {ref.field!r} "
+                            f"(it has {source_schema['outputs']})"
+                        )
+    return report
