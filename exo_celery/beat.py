@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -37,8 +37,9 @@ class Beat:
         self.settings = settings or load_settings()
         self.app = app or make_app(self.settings, main="exo_celery.beat")
         self.repo = Repo(self.settings.ledger_url)
-        self.transitions = Transitions(self.settings.ledger_url, self.settings.lease_seconds,
-                                       self.settings.max_countdown)
+        self.transitions = Transitions(
+            self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown
+        )
         self.cron_checked = time.time()
         self._graphs: list[CompiledGraph] = []
         self._graphs_at = 0.0
@@ -72,9 +73,11 @@ class Beat:
         """Trigger every graph whose cron time passed since the last check (once, across beats)."""
         if now - self._graphs_at >= GRAPHS_REFRESH:
             self._graphs_at = now
-            self._graphs = [CompiledGraph.from_row(r) for r in self.repo.latest_graphs() if r["template"].get("triggers")]
-        after = datetime.fromtimestamp(self.cron_checked, timezone.utc)
-        until = datetime.fromtimestamp(now, timezone.utc)
+            self._graphs = [
+                CompiledGraph.from_row(r) for r in self.repo.latest_graphs() if r["template"].get("triggers")
+            ]
+        after = datetime.fromtimestamp(self.cron_checked, UTC)
+        until = datetime.fromtimestamp(now, UTC)
         self.cron_checked = now
         fired = 0
         for graph in self._graphs:
@@ -99,12 +102,15 @@ class Beat:
 
     def run_forever(self) -> None:
         """Tick until interrupted."""
-        log.info("exo_celery beat started (sweep every %.1f s, lease %.1f s)",
-                 self.settings.sweep_interval, self.settings.lease_seconds)
+        log.info(
+            "exo_celery beat started (sweep every %.1f s, lease %.1f s)",
+            self.settings.sweep_interval,
+            self.settings.lease_seconds,
+        )
         while True:
             try:
                 pause = self.tick()
-            except Exception:  # noqa: BLE001 - a ledger or broker outage must not end beat
+            except Exception:
                 log.exception("beat tick failed; retrying")
                 pause = 1.0
             time.sleep(pause)
@@ -121,7 +127,7 @@ class ExoScheduler(Scheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
             pause = self.exo.tick()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("beat tick failed; retrying")
             pause = 1.0
         return min(pause, super().tick(*args, **kwargs))

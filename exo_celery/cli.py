@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-
 from typing import Any
 
 import typer
@@ -17,7 +16,12 @@ from rich.console import Console
 from .errors import ConfigError, ExoError
 from .node import is_node_class
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Run Exosphere-style graphs on Celery.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Run Exosphere-style graphs on Celery.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -65,6 +69,17 @@ def worker(
 
 
 @app.command()
+def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
+    """Run the beat process: due states, recovery sweep, cron triggers, retention."""
+    import logging
+
+    from .beat import Beat
+
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    Beat().run_forever()
+
+
+@app.command()
 def demo(timeout: float = typer.Option(120.0, help="seconds to wait for the run")) -> None:
     """Start a worker, run a fan-out + unite graph on it, print the outputs, and stop."""
     import asyncio
@@ -79,9 +94,22 @@ def demo(timeout: float = typer.Option(120.0, help="seconds to wait for the run"
     console.print(f"ledger: {settings.ledger_url.split('@')[-1]}  broker: {settings.broker.split('@')[-1]}")
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exo_celery.cli", "worker", "--namespace", demo_graph.NAMESPACE,
-             "--nodes", "exo_celery.demo:NODES", "--name", "demo", "--concurrency", "2"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "exo_celery.cli",
+                "worker",
+                "--namespace",
+                demo_graph.NAMESPACE,
+                "--nodes",
+                "exo_celery.demo:NODES",
+                "--name",
+                "demo",
+                "--concurrency",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         manager = StateManager(demo_graph.NAMESPACE, settings=settings, validation_timeout=60)
@@ -95,10 +123,13 @@ def demo(timeout: float = typer.Option(120.0, help="seconds to wait for the run"
 
         finished, states = asyncio.run(run())
         for s in states:
-            console.print(f"  {s['identifier']:<8} {s['status']:<8} inputs={s['inputs']} outputs={s['outputs']}",
-                          highlight=False)
-        console.print(f"run {finished['run_id']}: [bold]{finished['status']}[/bold] "
-                      f"in {time.monotonic() - started:.1f} s (worker log: {log_path})")
+            console.print(
+                f"  {s['identifier']:<8} {s['status']:<8} inputs={s['inputs']} outputs={s['outputs']}", highlight=False
+            )
+        console.print(
+            f"run {finished['run_id']}: [bold]{finished['status']}[/bold] "
+            f"in {time.monotonic() - started:.1f} s (worker log: {log_path})"
+        )
         if finished["status"] != "SUCCESS":
             raise typer.Exit(1)
     except ExoError as exc:
@@ -125,6 +156,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -24,7 +24,7 @@ from .validate import name_problem, validate_template
 
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC string."""
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 class StateManager:
@@ -74,12 +74,18 @@ class StateManager:
     ) -> dict[str, Any]:
         """Validate and store a template; raises GraphValidationError listing every problem."""
         return await asyncio.to_thread(
-            self.upsert_graph_sync, graph_name, graph_nodes, secrets, retry_policy, store_config, triggers,
+            self.upsert_graph_sync,
+            graph_name,
+            graph_nodes,
+            secrets,
+            retry_policy,
+            store_config,
+            triggers,
             validation_timeout,
         )
 
     async def upsert_graph_json(self, graph_name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Upsert from the JSON body Exosphere uses: {"secrets", "nodes", "retry_policy", "store_config", "triggers"}."""
+        """Upsert from Exosphere's JSON body: {"secrets", "nodes", "retry_policy", "store_config", "triggers"}."""
         return await asyncio.to_thread(self.upsert_graph_json_sync, graph_name, body)
 
     def upsert_graph_json_sync(self, graph_name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +95,12 @@ class StateManager:
         if unknown:
             raise GraphValidationError(graph_name, [f"unknown top-level field(s) {unknown}"])
         return self.upsert_graph_sync(
-            graph_name, body.get("nodes", []), body.get("secrets") or {}, body.get("retry_policy"),
-            body.get("store_config"), body.get("triggers"),
+            graph_name,
+            body.get("nodes", []),
+            body.get("secrets") or {},
+            body.get("retry_policy"),
+            body.get("store_config"),
+            body.get("triggers"),
         )
 
     def upsert_graph_sync(
@@ -122,8 +132,13 @@ class StateManager:
         if not report.ok:
             raise GraphValidationError(str(graph_name), report.all_errors())
         template = GraphTemplate(
-            name=graph_name, namespace=self.namespace, nodes=nodes, retry_policy=policy,
-            store_config=store_cfg, triggers=parsed_triggers, secret_names=sorted(secrets),
+            name=graph_name,
+            namespace=self.namespace,
+            nodes=nodes,
+            retry_policy=policy,
+            store_config=store_cfg,
+            triggers=parsed_triggers,
+            secret_names=sorted(secrets),
         )
         cipher = encrypt_secrets(secrets, self.settings.fernet_key())
         version = self.repo.save_graph(self.namespace, graph_name, template.model_dump(mode="json"), cipher)
@@ -177,7 +192,9 @@ class StateManager:
         for kind, values in (("input", inputs), ("store", store)):
             for key, value in values.items():
                 if not isinstance(key, str) or not key or (kind == "store" and "." in key):
-                    problems.append(f"{kind} key {key!r} must be a non-empty string" + (" without '.'" if kind == "store" else ""))
+                    problems.append(
+                        f"{kind} key {key!r} must be a non-empty string" + (" without '.'" if kind == "store" else "")
+                    )
                 if not isinstance(value, str):
                     problems.append(f"{kind} {key!r} must be a string, got {type(value).__name__}")
         root = graph.topology.nodes[graph.topology.root]
@@ -185,7 +202,9 @@ class StateManager:
         known_inputs = next(iter(schema.values()))["inputs"] if schema else list(root.inputs)
         for key in inputs:
             if key not in known_inputs:
-                problems.append(f"input {key!r} is not an input of the root node {root.identifier!r} ({root.node_name})")
+                problems.append(
+                    f"input {key!r} is not an input of the root node {root.identifier!r} ({root.node_name})"
+                )
         missing = [k for k in graph.template.store_config.required_keys if k not in store]
         if missing:
             problems.append(f"required store key(s) missing: {missing}")
@@ -209,8 +228,19 @@ class StateManager:
         if not created:
             return {"status": "DUPLICATE", "run_id": None, "graph_name": graph_name, "namespace": self.namespace}
         if root_state.status == StateStatus.QUEUED:
-            self._publish([Dispatch(root_state.id, run_id, root_state.namespace, root_state.node_name,
-                                    graph_name, root_state.identifier, due_at)])
+            self._publish(
+                [
+                    Dispatch(
+                        root_state.id,
+                        run_id,
+                        root_state.namespace,
+                        root_state.node_name,
+                        graph_name,
+                        root_state.identifier,
+                        due_at,
+                    )
+                ]
+            )
         return {"status": "CREATED", "run_id": run_id, "graph_name": graph_name, "namespace": self.namespace}
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
@@ -226,9 +256,13 @@ class StateManager:
     @staticmethod
     def _run_view(run: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
         view = {
-            "run_id": run["id"], "graph_name": run["graph_name"], "namespace": run["namespace"],
-            "status": run["status"], "created_at": iso(run["created_at"]),
-            "started_at": iso(run["started_at"]), "finished_at": iso(run["finished_at"]),
+            "run_id": run["id"],
+            "graph_name": run["graph_name"],
+            "namespace": run["namespace"],
+            "status": run["status"],
+            "created_at": iso(run["created_at"]),
+            "started_at": iso(run["started_at"]),
+            "finished_at": iso(run["finished_at"]),
         }
         if counts is not None:
             view["counts"] = counts
@@ -251,13 +285,30 @@ class StateManager:
             raise NotFoundError(f"run {run_id!r} does not exist")
         row = self.repo.load_graph(run["namespace"], run["graph_name"], run["graph_version"])
         hidden = list(decrypt_secrets(row["secrets_cipher"], self.settings.fernet_key()).values()) if row else []
-        fields = ("id", "identifier", "node_name", "namespace", "status", "inputs", "outputs", "error",
-                  "retry_count", "parents", "data")
+        fields = (
+            "id",
+            "identifier",
+            "node_name",
+            "namespace",
+            "status",
+            "inputs",
+            "outputs",
+            "error",
+            "retry_count",
+            "parents",
+            "data",
+        )
         views = []
         for s in self.repo.list_states(run_id):
             view = {k: redact(s[k], hidden) for k in fields}
-            view.update(run_id=s["run_id"], created_at=iso(s["created_at"]), updated_at=iso(s["updated_at"]),
-                        due_at=iso(s["due_at"]), retry_of=s["retry_of"], attempts=s["attempts"])
+            view.update(
+                run_id=s["run_id"],
+                created_at=iso(s["created_at"]),
+                updated_at=iso(s["updated_at"]),
+                due_at=iso(s["due_at"]),
+                retry_of=s["retry_of"],
+                attempts=s["attempts"],
+            )
             views.append(view)
         return views
 
@@ -284,8 +335,13 @@ class StateManager:
     def manual_retry_sync(self, state_id: str) -> dict[str, Any]:
         created, dispatches = self.transitions.manual_retry(state_id)
         self._publish(dispatches)
-        return {"state_id": created["id"], "retry_of": state_id, "status": created["status"],
-                "retry_count": created["retry_count"], "run_id": created["run_id"]}
+        return {
+            "state_id": created["id"],
+            "retry_of": state_id,
+            "status": created["status"],
+            "retry_count": created["retry_count"],
+            "run_id": created["run_id"],
+        }
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """Cancel a run: waiting states are CANCELLED, running ones finish without children."""

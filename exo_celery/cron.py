@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from croniter import croniter
 
@@ -18,8 +18,8 @@ def cron_problem(expression: str) -> str | None:
 
 def fire_times(expression: str, after: datetime, until: datetime) -> list[datetime]:
     """Fire times in (after, until], UTC, oldest first."""
-    start = after.astimezone(timezone.utc) if after.tzinfo else after.replace(tzinfo=timezone.utc)
-    end = until.astimezone(timezone.utc) if until.tzinfo else until.replace(tzinfo=timezone.utc)
+    start = after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC)
+    end = until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
     times: list[datetime] = []
     itr = croniter(expression, start)
     while True:
@@ -31,6 +31,6 @@ def fire_times(expression: str, after: datetime, until: datetime) -> list[dateti
 
 def next_fire(expression: str, after: datetime) -> datetime:
     """The first fire time strictly after `after`, UTC."""
-    start = after.astimezone(timezone.utc) if after.tzinfo else after.replace(tzinfo=timezone.utc)
+    start = after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC)
     result: datetime = croniter(expression, start).get_next(datetime)
     return result

@@ -24,8 +24,7 @@ def decrypt_secrets(token: str, key: bytes) -> dict[str, str]:
         result: dict[str, str] = json.loads(Fernet(key).decrypt(token.encode()))
     except (InvalidToken, ValueError) as exc:
         raise ConfigError(
-            "graph secrets cannot be decrypted with this EXO_SECRETS_KEY "
-            "(every process must share the same key)"
+            "graph secrets cannot be decrypted with this EXO_SECRETS_KEY (every process must share the same key)"
         ) from exc
     return result
 

@@ -65,10 +65,16 @@ class SumAll(BaseNode):
 NODES = [SplitNumbers, Square, SumAll]
 
 GRAPH_NODES = [
-    GraphNodeModel(node_name="SplitNumbers", identifier="split", inputs={"numbers": "[1, 2, 3, 4, 5]"},
-                   next_nodes=["square"]),
-    GraphNodeModel(node_name="Square", identifier="square", inputs={"number": "${{ split.outputs.number }}"},
-                   next_nodes=["sum"]),
-    GraphNodeModel(node_name="SumAll", identifier="sum", inputs={"squares": "${{ square.outputs.square }}"},
-                   unites=UnitesModel(identifier="split")),
+    GraphNodeModel(
+        node_name="SplitNumbers", identifier="split", inputs={"numbers": "[1, 2, 3, 4, 5]"}, next_nodes=["square"]
+    ),
+    GraphNodeModel(
+        node_name="Square", identifier="square", inputs={"number": "${{ split.outputs.number }}"}, next_nodes=["sum"]
+    ),
+    GraphNodeModel(
+        node_name="SumAll",
+        identifier="sum",
+        inputs={"squares": "${{ square.outputs.square }}"},
+        unites=UnitesModel(identifier="split"),
+    ),
 ]

@@ -183,8 +183,17 @@ def plan_success(
             spec = topo.nodes[state.identifier]
             plan.output_states.append(
                 NewState(
-                    out_id, state.identifier, spec.node_name, namespace_of(state.identifier), {},
-                    state.parents, state.scopes, branch, StateStatus.SUCCESS, out, state.id,
+                    out_id,
+                    state.identifier,
+                    spec.node_name,
+                    namespace_of(state.identifier),
+                    {},
+                    state.parents,
+                    state.scopes,
+                    branch,
+                    StateStatus.SUCCESS,
+                    out,
+                    state.id,
                 )
             )
 
@@ -197,9 +206,14 @@ def plan_success(
             resolve = make_resolver(child, lineage, known, store)
             plan.children.append(
                 NewState(
-                    new_id(), child, spec.node_name, namespace_of(child),
-                    render_inputs(spec.inputs, resolve), lineage,
-                    inherited_scopes(topo, child, src), src.branch,
+                    new_id(),
+                    child,
+                    spec.node_name,
+                    namespace_of(child),
+                    render_inputs(spec.inputs, resolve),
+                    lineage,
+                    inherited_scopes(topo, child, src),
+                    src.branch,
                 )
             )
 
@@ -210,8 +224,7 @@ def plan_success(
         for src in openers:
             sid = scope_id(barrier, src)
             count = sum(
-                1 for c in plan.children
-                if c.identifier in barrier.region and c.scopes.get(barrier.node) == sid
+                1 for c in plan.children if c.identifier in barrier.region and c.scopes.get(barrier.node) == sid
             )
             plan.opens.append(ScopeOpen(sid, barrier.node, count, src.id))
     return plan
@@ -262,9 +275,14 @@ def plan_barrier_state(
         arrays = {ident: [out for _, out in items] for ident, items in gathered.items()}
         resolve = make_resolver(barrier.node, parents, outputs_of, store, arrays)
     return NewState(
-        new_id(), barrier.node, spec.node_name, namespace_of(barrier.node),
-        render_inputs(spec.inputs, resolve), parents,
-        inherited_scopes(topo, barrier.node, opener), opener.branch,
+        new_id(),
+        barrier.node,
+        spec.node_name,
+        namespace_of(barrier.node),
+        render_inputs(spec.inputs, resolve),
+        parents,
+        inherited_scopes(topo, barrier.node, opener),
+        opener.branch,
         fingerprint=scope,
     )
 
@@ -281,8 +299,14 @@ def plan_root(
     merged = {**spec.inputs, **inputs}
     resolve = make_resolver(topo.root, {}, {}, store)
     return NewState(
-        new_id(), topo.root, spec.node_name, namespace_of(topo.root),
-        render_inputs(merged, resolve), {}, {}, "",
+        new_id(),
+        topo.root,
+        spec.node_name,
+        namespace_of(topo.root),
+        render_inputs(merged, resolve),
+        {},
+        {},
+        "",
     )
 
 

@@ -94,7 +94,7 @@ def run_node(
         result = node.execute()
         if inspect.isawaitable(result):
             result = _loop().run_until_complete(result)
-    except BaseException as exc:  # noqa: BLE001 - every failure of user code is recorded
+    except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         if (data := as_prune(exc)) is not None:

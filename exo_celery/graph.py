@@ -52,9 +52,7 @@ class RetryPolicyModel(BaseModel):
 
     def compute_delay(self, retry_count: int, rng: random.Random | None = None) -> int:
         """Delay in ms before retry number `retry_count` (1 = first retry)."""
-        return compute_delay(
-            self.strategy, self.backoff_factor, self.exponent, self.max_delay, retry_count, rng
-        )
+        return compute_delay(self.strategy, self.backoff_factor, self.exponent, self.max_delay, retry_count, rng)
 
 
 class StoreConfigModel(BaseModel):
@@ -93,10 +91,7 @@ class GraphTemplate(BaseModel):
 
 
 def _describe(exc: ValidationError, where: str) -> list[str]:
-    return [
-        f"{where}{'.' + '.'.join(str(p) for p in e['loc']) if e['loc'] else ''}: {e['msg']}"
-        for e in exc.errors()
-    ]
+    return [f"{where}{'.' + '.'.join(str(p) for p in e['loc']) if e['loc'] else ''}: {e['msg']}" for e in exc.errors()]
 
 
 def parse_trigger(raw: Any) -> CronTrigger:

@@ -93,9 +93,13 @@ def node_schema(cls: type) -> dict[str, Any]:
         "outputs": list(cls.Outputs.model_fields),  # type: ignore[attr-defined]
         "secrets": list(cls.Secrets.model_fields),  # type: ignore[attr-defined]
         "required_inputs": [
-            name for name, f in cls.Inputs.model_fields.items() if f.is_required()  # type: ignore[attr-defined]
+            name
+            for name, f in cls.Inputs.model_fields.items()
+            if f.is_required()  # type: ignore[attr-defined]
         ],
         "required_secrets": [
-            name for name, f in cls.Secrets.model_fields.items() if f.is_required()  # type: ignore[attr-defined]
+            name
+            for name, f in cls.Secrets.model_fields.items()
+            if f.is_required()  # type: ignore[attr-defined]
         ],
     }

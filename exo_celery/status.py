@@ -41,8 +41,7 @@ TERMINAL_RUNS = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCEL
 TRANSITIONS: dict[StateStatus, frozenset[StateStatus]] = {
     S.CREATED: frozenset({S.QUEUED, S.CANCELLED}),
     S.QUEUED: frozenset(
-        {S.CREATED, S.EXECUTED, S.SUCCESS, S.ERRORED, S.NEXT_CREATED_ERROR, S.PRUNED,
-         S.RETRY_CREATED, S.CANCELLED}
+        {S.CREATED, S.EXECUTED, S.SUCCESS, S.ERRORED, S.NEXT_CREATED_ERROR, S.PRUNED, S.RETRY_CREATED, S.CANCELLED}
     ),
     S.EXECUTED: frozenset({S.SUCCESS, S.NEXT_CREATED_ERROR}),
     S.ERRORED: frozenset({S.RETRY_CREATED}),  # manual retry

@@ -49,7 +49,7 @@ class Heartbeat:
                 tokens = list(self.tokens)
             try:
                 self.transitions.renew_leases(tokens)
-            except Exception:  # noqa: BLE001 - the ledger may be briefly down; try next period
+            except Exception:
                 log.warning("could not renew %d lease(s); will retry", len(tokens))
 
 
@@ -94,12 +94,16 @@ class Worker:
         self.heartbeat.track(token)
         try:
             if node_cls is None:
-                outcome = Outcome("error", error=f"node {row['node_name']!r} is not served by this worker",
-                                  retryable=True)
+                outcome = Outcome(
+                    "error", error=f"node {row['node_name']!r} is not served by this worker", retryable=True
+                )
             else:
                 outcome = run_node(
-                    node_cls, row["inputs"], secrets,
-                    lambda: self.repo.read_store(row["run_id"]), self.settings.max_output_bytes,
+                    node_cls,
+                    row["inputs"],
+                    secrets,
+                    lambda: self.repo.read_store(row["run_id"]),
+                    self.settings.max_output_bytes,
                 )
             dispatches = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
         finally:
@@ -110,14 +114,25 @@ class Worker:
 
 
 def _as_dispatch(row: dict[str, Any]) -> Dispatch:
-    return Dispatch(row["id"], row["run_id"], row["namespace"], row["node_name"], row["graph_name"],
-                    row["identifier"], row["due_at"])
+    return Dispatch(
+        row["id"],
+        row["run_id"],
+        row["namespace"],
+        row["node_name"],
+        row["graph_name"],
+        row["identifier"],
+        row["due_at"],
+    )
 
 
 def _log_transition(row: dict[str, Any], status: str, error: str | None = None) -> None:
     log.info(
         "run=%s state=%s graph=%s identifier=%s status=%s%s",
-        row["run_id"], row["id"], row["graph_name"], row["identifier"], status,
+        row["run_id"],
+        row["id"],
+        row["graph_name"],
+        row["identifier"],
+        status,
         f" error={error[:300]!r}" if error else "",
     )
 
@@ -131,7 +146,7 @@ def _with_db_retry(call: Any, attempts: int = 30) -> Any:
             if attempt == attempts - 1:
                 raise
             log.warning("ledger unavailable (%s); retrying", type(exc.orig).__name__)
-            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            time.sleep(min(2.0, 0.1 * 2**attempt))
     return None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .graph import GraphNodeModel, UnitesStrategyEnum
+from .graph import GraphNodeModel
 
 JOIN = "JOIN"
 
@@ -139,23 +139,17 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
             over = spec.unites.identifier
             if predecessors[node]:
                 if over not in ancestors[node]:
-                    errors.append(
-                        f"node {node!r}: unites {over!r}, which is not an ancestor of {node!r}"
-                    )
+                    errors.append(f"node {node!r}: unites {over!r}, which is not an ancestor of {node!r}")
                     continue
                 region = (descendants[over] & ancestors[node]) - {node}
                 for p in predecessors[node]:
                     if p != over and p not in region:
-                        errors.append(
-                            f"node {node!r}: predecessor {p!r} is not downstream of the united node {over!r}"
-                        )
+                        errors.append(f"node {node!r}: predecessor {p!r} is not downstream of the united node {over!r}")
             else:
                 region = descendants[over] - {node} - descendants[node]
             topo.barriers[node] = Barrier(node, over, spec.unites.strategy.value, frozenset(region))
         elif len(predecessors[node]) > 1:
-            common = frozenset.intersection(
-                *(ancestors[p] | {p} for p in predecessors[node])
-            )
+            common = frozenset.intersection(*(ancestors[p] | {p} for p in predecessors[node]))
             nearest = [c for c in common if not (descendants[c] & common)]
             if len(nearest) != 1:
                 errors.append(

@@ -17,14 +17,33 @@ from .tables import graphs, nodes, runs, scopes, states, store
 def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) -> dict[str, Any]:
     """The row of a planned state; `run` gives run_id, graph_namespace, graph_name, graph_version."""
     return {
-        "id": s.id, "run_id": run["run_id"], "namespace": s.namespace,
-        "graph_namespace": run["graph_namespace"], "graph_name": run["graph_name"],
-        "graph_version": run["graph_version"], "identifier": s.identifier, "node_name": s.node_name,
-        "status": s.status.value, "inputs": s.inputs, "outputs": s.outputs, "error": None,
-        "data": None, "retry_count": s.retry_count, "parents": s.parents, "scopes": s.scopes,
-        "branch": s.branch, "execution_id": s.execution_id, "fingerprint": s.fingerprint,
-        "retry_of": s.retry_of, "due_at": due_at, "lease_token": None, "lease_until": None,
-        "dispatched_at": now, "attempts": 0, "created_at": now, "updated_at": now,
+        "id": s.id,
+        "run_id": run["run_id"],
+        "namespace": s.namespace,
+        "graph_namespace": run["graph_namespace"],
+        "graph_name": run["graph_name"],
+        "graph_version": run["graph_version"],
+        "identifier": s.identifier,
+        "node_name": s.node_name,
+        "status": s.status.value,
+        "inputs": s.inputs,
+        "outputs": s.outputs,
+        "error": None,
+        "data": None,
+        "retry_count": s.retry_count,
+        "parents": s.parents,
+        "scopes": s.scopes,
+        "branch": s.branch,
+        "execution_id": s.execution_id,
+        "fingerprint": s.fingerprint,
+        "retry_of": s.retry_of,
+        "due_at": due_at,
+        "lease_token": None,
+        "lease_until": None,
+        "dispatched_at": now,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
     }
 
 
@@ -52,9 +71,15 @@ class Repo:
                 if not found:
                     try:
                         with conn.begin_nested():
-                            conn.execute(insert(nodes).values(
-                                namespace=namespace, node_name=name, schema=schema,
-                                runtime_name=runtime_name, updated_at=now))
+                            conn.execute(
+                                insert(nodes).values(
+                                    namespace=namespace,
+                                    node_name=name,
+                                    schema=schema,
+                                    runtime_name=runtime_name,
+                                    updated_at=now,
+                                )
+                            )
                     except IntegrityError:
                         pass  # another worker registered it at the same moment
 
@@ -65,7 +90,9 @@ class Repo:
         names = {k[1] for k in keys}
         with self.engine.connect() as conn:
             rows = conn.execute(select(nodes).where(nodes.c.node_name.in_(names))).mappings()
-            return {(r["namespace"], r["node_name"]): r["schema"] for r in rows if (r["namespace"], r["node_name"]) in keys}
+            return {
+                (r["namespace"], r["node_name"]): r["schema"] for r in rows if (r["namespace"], r["node_name"]) in keys
+            }
 
     # -- graphs ----------------------------------------------------------
     def save_graph(self, namespace: str, name: str, template: dict[str, Any], secrets_cipher: str) -> int:
@@ -78,9 +105,16 @@ class Repo:
                 version = (latest or 0) + 1
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(graphs).values(
-                            namespace=namespace, name=name, version=version, template=template,
-                            secrets_cipher=secrets_cipher, updated_at=time.time()))
+                        conn.execute(
+                            insert(graphs).values(
+                                namespace=namespace,
+                                name=name,
+                                version=version,
+                                template=template,
+                                secrets_cipher=secrets_cipher,
+                                updated_at=time.time(),
+                            )
+                        )
                     return version
                 except IntegrityError:
                     continue  # a concurrent upsert took this version number
@@ -89,7 +123,11 @@ class Repo:
     def load_graph(self, namespace: str, name: str, version: int | None = None) -> dict[str, Any] | None:
         """A template row (latest version unless given), or None."""
         q = select(graphs).where(graphs.c.namespace == namespace, graphs.c.name == name)
-        q = q.where(graphs.c.version == version) if version is not None else q.order_by(graphs.c.version.desc()).limit(1)
+        q = (
+            q.where(graphs.c.version == version)
+            if version is not None
+            else q.order_by(graphs.c.version.desc()).limit(1)
+        )
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
             return dict(row) if row else None
@@ -98,10 +136,15 @@ class Repo:
         """The latest version of every graph (beat reads their triggers)."""
         latest = (
             select(graphs.c.namespace, graphs.c.name, func.max(graphs.c.version).label("version"))
-            .group_by(graphs.c.namespace, graphs.c.name).subquery()
+            .group_by(graphs.c.namespace, graphs.c.name)
+            .subquery()
         )
-        q = select(graphs).join(latest, (graphs.c.namespace == latest.c.namespace)
-                                & (graphs.c.name == latest.c.name) & (graphs.c.version == latest.c.version))
+        q = select(graphs).join(
+            latest,
+            (graphs.c.namespace == latest.c.namespace)
+            & (graphs.c.name == latest.c.name)
+            & (graphs.c.version == latest.c.version),
+        )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
@@ -125,18 +168,31 @@ class Repo:
         with self.engine.begin() as conn:
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(runs).values(
-                        id=run_id, namespace=namespace, graph_name=graph_name, graph_version=graph_version,
-                        status=RunStatus.PENDING.value, outstanding=1, failed=0, cron_key=cron_key,
-                        created_at=now))
+                    conn.execute(
+                        insert(runs).values(
+                            id=run_id,
+                            namespace=namespace,
+                            graph_name=graph_name,
+                            graph_version=graph_version,
+                            status=RunStatus.PENDING.value,
+                            outstanding=1,
+                            failed=0,
+                            cron_key=cron_key,
+                            created_at=now,
+                        )
+                    )
             except IntegrityError:
                 if cron_key is None:
                     raise
                 return False
             if store_values:
                 conn.execute(insert(store), [{"run_id": run_id, "key": k, "value": v} for k, v in store_values.items()])
-            context = {"run_id": run_id, "graph_namespace": namespace, "graph_name": graph_name,
-                       "graph_version": graph_version}
+            context = {
+                "run_id": run_id,
+                "graph_namespace": namespace,
+                "graph_name": graph_name,
+                "graph_version": graph_version,
+            }
             conn.execute(insert(states).values(state_values(root, context, now, due_at)))
         return True
 
@@ -178,9 +234,13 @@ class Repo:
     def purge_finished_runs(self, older_than: float, batch: int = 500) -> int:
         """Delete runs finished before `older_than`, with their states, scopes and store."""
         with self.engine.begin() as conn:
-            ids = list(conn.execute(
-                select(runs.c.id).where(runs.c.status.in_([s.value for s in TERMINAL_RUNS]),
-                                        runs.c.finished_at < older_than).limit(batch)).scalars())
+            ids = list(
+                conn.execute(
+                    select(runs.c.id)
+                    .where(runs.c.status.in_([s.value for s in TERMINAL_RUNS]), runs.c.finished_at < older_than)
+                    .limit(batch)
+                ).scalars()
+            )
             if ids:
                 for table in (states, scopes, store):
                     conn.execute(delete(table).where(table.c.run_id.in_(ids)))

@@ -61,8 +61,15 @@ class Outcome:
 
 
 def _dispatch(row: dict[str, Any]) -> Dispatch:
-    return Dispatch(row["id"], row["run_id"], row["namespace"], row["node_name"], row["graph_name"],
-                    row["identifier"], row["due_at"])
+    return Dispatch(
+        row["id"],
+        row["run_id"],
+        row["namespace"],
+        row["node_name"],
+        row["graph_name"],
+        row["identifier"],
+        row["due_at"],
+    )
 
 
 class Transitions:
@@ -86,22 +93,31 @@ class Transitions:
         """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None)."""
         now = time.time()
         with self.engine.begin() as conn:
-            row = conn.execute(
-                update(states)
-                .where(
-                    states.c.id == state_id,
-                    states.c.status == S.QUEUED.value,
-                    states.c.due_at <= now + EARLY_TOLERANCE,
-                    or_(states.c.lease_until.is_(None), states.c.lease_until < now),
+            row = (
+                conn.execute(
+                    update(states)
+                    .where(
+                        states.c.id == state_id,
+                        states.c.status == S.QUEUED.value,
+                        states.c.due_at <= now + EARLY_TOLERANCE,
+                        or_(states.c.lease_until.is_(None), states.c.lease_until < now),
+                    )
+                    .values(
+                        lease_token=token,
+                        lease_until=now + self.lease_seconds,
+                        attempts=states.c.attempts + 1,
+                        updated_at=now,
+                    )
+                    .returning(*states.c)
                 )
-                .values(lease_token=token, lease_until=now + self.lease_seconds,
-                        attempts=states.c.attempts + 1, updated_at=now)
-                .returning(*states.c)
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
             if row is not None:
                 if not row["parents"]:
                     conn.execute(
-                        update(runs).where(runs.c.id == row["run_id"], runs.c.status == RunStatus.PENDING.value)
+                        update(runs)
+                        .where(runs.c.id == row["run_id"], runs.c.status == RunStatus.PENDING.value)
                         .values(status=RunStatus.RUNNING.value, started_at=now)
                     )
                 return "claimed", dict(row)
@@ -116,13 +132,18 @@ class Transitions:
             return
         with self.engine.begin() as conn:
             conn.execute(
-                update(states).where(states.c.lease_token.in_(tokens), states.c.status == S.QUEUED.value)
+                update(states)
+                .where(states.c.lease_token.in_(tokens), states.c.status == S.QUEUED.value)
                 .values(lease_until=time.time() + self.lease_seconds)
             )
 
     # -- completing -------------------------------------------------------
     def complete(
-        self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome,
+        self,
+        graph: CompiledGraph,
+        row: dict[str, Any],
+        token: str,
+        outcome: Outcome,
     ) -> list[Dispatch]:
         """Record how an execution ended and everything it causes; returns what to publish."""
         now = time.time()
@@ -165,9 +186,17 @@ class Transitions:
                     due = now + policy.compute_delay(row["retry_count"] + 1) / 1000.0
                     values["status"] = S.RETRY_CREATED.value
                     retry = NewState(
-                        _fresh_id(), ident, row["node_name"], row["namespace"], row["inputs"], row["parents"],
-                        row["scopes"], row["branch"], self._status_for_due(due, now),
-                        retry_of=row["id"], retry_count=row["retry_count"] + 1,
+                        _fresh_id(),
+                        ident,
+                        row["node_name"],
+                        row["namespace"],
+                        row["inputs"],
+                        row["parents"],
+                        row["scopes"],
+                        row["branch"],
+                        self._status_for_due(due, now),
+                        retry_of=row["id"],
+                        retry_count=row["retry_count"] + 1,
                     )
                     created, created_due = [retry], due
                 else:
@@ -197,29 +226,53 @@ class Transitions:
                 barrier = topo.barriers[name]
                 if barrier.over == ident:
                     for op in (o for o in opens if o.barrier == name):
-                        conn.execute(insert(scopes).values(
-                            id=op.id, run_id=row["run_id"], barrier=name, opener_id=op.opener_id,
-                            outstanding=op.outstanding, failed=0, pruned=0))
+                        conn.execute(
+                            insert(scopes).values(
+                                id=op.id,
+                                run_id=row["run_id"],
+                                barrier=name,
+                                opener_id=op.opener_id,
+                                outstanding=op.outstanding,
+                                failed=0,
+                                pruned=0,
+                            )
+                        )
                         if op.outstanding == 0:
                             self._fire(conn, graph, barrier, op.id, op.opener_id, 0, 0, row, fired, fired_errors)
                 elif ident in barrier.region and name in row["scopes"]:
                     sid = row["scopes"][name]
-                    born = sum(1 for s in (*created, *fired)
-                               if s.identifier in barrier.region and s.scopes.get(name) == sid)
+                    born = sum(
+                        1 for s in (*created, *fired) if s.identifier in barrier.region and s.scopes.get(name) == sid
+                    )
                     failed_here = failed_inc + sum(
-                        1 for s in fired_errors if s.identifier in barrier.region and s.scopes.get(name) == sid)
+                        1 for s in fired_errors if s.identifier in barrier.region and s.scopes.get(name) == sid
+                    )
                     delta = born - (1 if leaving else 0)
                     if delta == 0 and not failed_here and not pruned_inc:
                         continue
                     scope = conn.execute(
-                        update(scopes).where(scopes.c.id == sid)
-                        .values(outstanding=scopes.c.outstanding + delta, failed=scopes.c.failed + failed_here,
-                                pruned=scopes.c.pruned + pruned_inc)
+                        update(scopes)
+                        .where(scopes.c.id == sid)
+                        .values(
+                            outstanding=scopes.c.outstanding + delta,
+                            failed=scopes.c.failed + failed_here,
+                            pruned=scopes.c.pruned + pruned_inc,
+                        )
                         .returning(scopes.c.outstanding, scopes.c.failed, scopes.c.pruned, scopes.c.opener_id)
                     ).first()
                     if scope is not None and scope.outstanding == 0 and delta < 0:
-                        self._fire(conn, graph, barrier, sid, scope.opener_id, scope.failed, scope.pruned, row,
-                                   fired, fired_errors)
+                        self._fire(
+                            conn,
+                            graph,
+                            barrier,
+                            sid,
+                            scope.opener_id,
+                            scope.failed,
+                            scope.pruned,
+                            row,
+                            fired,
+                            fired_errors,
+                        )
 
             run_delta = len(created) + len(fired) - (1 if leaving else 0)
             run_failed = failed_inc + len(fired_errors)
@@ -228,13 +281,23 @@ class Transitions:
             for s in (*created, *fired):
                 if s.status == S.QUEUED:
                     due = created_due if s in created else now
-                    dispatches.append(Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"],
-                                               s.identifier, due))
+                    dispatches.append(
+                        Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
+                    )
         return dispatches
 
     def _fire(
-        self, conn: Connection, graph: CompiledGraph, barrier: Barrier, sid: str, opener_id: str,
-        failed: int, pruned: int, row: dict[str, Any], fired: list[NewState], fired_errors: list[NewState],
+        self,
+        conn: Connection,
+        graph: CompiledGraph,
+        barrier: Barrier,
+        sid: str,
+        opener_id: str,
+        failed: int,
+        pruned: int,
+        row: dict[str, Any],
+        fired: list[NewState],
+        fired_errors: list[NewState],
     ) -> None:
         """Create the state of a barrier whose scope just emptied (once: the fingerprint is unique)."""
         if not barrier_fires(barrier, failed, pruned):
@@ -251,9 +314,13 @@ class Transitions:
         if region_ids:
             q = (
                 select(states.c.id, states.c.identifier, states.c.outputs)
-                .where(states.c.run_id == row["run_id"], states.c.identifier.in_(region_ids),
-                       states.c.status == S.SUCCESS.value, states.c.outputs.is_not(None),
-                       states.c.scopes[barrier.node].as_string() == sid)
+                .where(
+                    states.c.run_id == row["run_id"],
+                    states.c.identifier.in_(region_ids),
+                    states.c.status == S.SUCCESS.value,
+                    states.c.outputs.is_not(None),
+                    states.c.scopes[barrier.node].as_string() == sid,
+                )
                 .order_by(states.c.branch, states.c.created_at)
             )
             for sid_, ident_, out in conn.execute(q):
@@ -261,9 +328,13 @@ class Transitions:
         if barrier.over in gathered and not barrier.per_output:
             q = (
                 select(states.c.id, states.c.outputs)
-                .where(states.c.run_id == row["run_id"], states.c.identifier == barrier.over,
-                       states.c.status == S.SUCCESS.value, states.c.outputs.is_not(None),
-                       or_(states.c.id == opener.execution_id, states.c.execution_id == opener.execution_id))
+                .where(
+                    states.c.run_id == row["run_id"],
+                    states.c.identifier == barrier.over,
+                    states.c.status == S.SUCCESS.value,
+                    states.c.outputs.is_not(None),
+                    or_(states.c.id == opener.execution_id, states.c.execution_id == opener.execution_id),
+                )
                 .order_by(states.c.branch)
             )
             gathered[barrier.over] = [(i, out) for i, out in conn.execute(q)]
@@ -275,8 +346,18 @@ class Transitions:
             state = plan_barrier_state(topo, graph.namespace_of, barrier, opener, sid, gathered, known, store_now)
         except PlanError as exc:
             spec = topo.nodes[barrier.node]
-            state = NewState(_fresh_id(), barrier.node, spec.node_name, graph.namespace_of(barrier.node), {},
-                             dict(opener.parents), {}, opener.branch, S.ERRORED, fingerprint=sid)
+            state = NewState(
+                _fresh_id(),
+                barrier.node,
+                spec.node_name,
+                graph.namespace_of(barrier.node),
+                {},
+                dict(opener.parents),
+                {},
+                opener.branch,
+                S.ERRORED,
+                fingerprint=sid,
+            )
             if _insert_unique(conn, state, row, error=f"inputs could not be resolved: {exc}"):
                 fired_errors.append(state)
             return
@@ -304,23 +385,42 @@ class Transitions:
                 raise StateError(f"run {row['run_id']!r} was cancelled; its states cannot be retried")
             was_failed = row["status"] in {s.value for s in FAILED_STATES}
             moved = conn.execute(
-                update(states).where(states.c.id == state_id, states.c.status == row["status"])
+                update(states)
+                .where(states.c.id == state_id, states.c.status == row["status"])
                 .values(status=S.RETRY_CREATED.value, updated_at=now)
             ).rowcount
             if not moved:
                 raise StateError(f"state {state_id!r} changed while retrying it; try again")
-            retry = NewState(_fresh_id(), row["identifier"], row["node_name"], row["namespace"], row["inputs"],
-                             row["parents"], row["scopes"], row["branch"], S.QUEUED,
-                             retry_of=state_id, retry_count=row["retry_count"] + 1)
+            retry = NewState(
+                _fresh_id(),
+                row["identifier"],
+                row["node_name"],
+                row["namespace"],
+                row["inputs"],
+                row["parents"],
+                row["scopes"],
+                row["branch"],
+                S.QUEUED,
+                retry_of=state_id,
+                retry_count=row["retry_count"] + 1,
+            )
             _insert_states(conn, [retry], dict(row), now, now)
             for sid in row["scopes"].values():
-                conn.execute(update(scopes).where(scopes.c.id == sid).values(
-                    outstanding=scopes.c.outstanding + 1,
-                    failed=scopes.c.failed - (1 if was_failed else 0)))
-            conn.execute(update(runs).where(runs.c.id == row["run_id"]).values(
-                outstanding=runs.c.outstanding + 1,
-                failed=runs.c.failed - (1 if was_failed else 0),
-                status=RunStatus.RUNNING.value, finished_at=None))
+                conn.execute(
+                    update(scopes)
+                    .where(scopes.c.id == sid)
+                    .values(outstanding=scopes.c.outstanding + 1, failed=scopes.c.failed - (1 if was_failed else 0))
+                )
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == row["run_id"])
+                .values(
+                    outstanding=runs.c.outstanding + 1,
+                    failed=runs.c.failed - (1 if was_failed else 0),
+                    status=RunStatus.RUNNING.value,
+                    finished_at=None,
+                )
+            )
             created = conn.execute(select(states).where(states.c.id == retry.id)).mappings().one()
         return dict(created), [_dispatch(dict(created))]
 
@@ -334,45 +434,77 @@ class Transitions:
             if run["status"] in (RunStatus.SUCCESS.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value):
                 return dict(run)
             conn.execute(
-                update(states).where(states.c.run_id == run_id,
-                                     states.c.status.in_([S.CREATED.value, S.QUEUED.value]))
+                update(states)
+                .where(states.c.run_id == run_id, states.c.status.in_([S.CREATED.value, S.QUEUED.value]))
                 .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
             )
-            conn.execute(update(runs).where(runs.c.id == run_id).values(
-                status=RunStatus.CANCELLED.value, outstanding=0, finished_at=now))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=RunStatus.CANCELLED.value, outstanding=0, finished_at=now)
+            )
             return dict(conn.execute(select(runs).where(runs.c.id == run_id)).mappings().one())
 
     # -- beat ---------------------------------------------------------------
     def release_due(self, horizon: float, limit: int = 2000) -> list[Dispatch]:
         """Move CREATED states due within `horizon` seconds to QUEUED; returns them to publish."""
         now = time.time()
-        ids = select(states.c.id).where(states.c.status == S.CREATED.value,
-                                        states.c.due_at <= now + horizon).limit(limit)
+        ids = (
+            select(states.c.id).where(states.c.status == S.CREATED.value, states.c.due_at <= now + horizon).limit(limit)
+        )
         return self._mark_dispatched(
-            update(states).where(states.c.id.in_(ids.scalar_subquery()), states.c.status == S.CREATED.value)
-            .values(status=S.QUEUED.value, dispatched_at=now, updated_at=now), now)
+            update(states)
+            .where(states.c.id.in_(ids.scalar_subquery()), states.c.status == S.CREATED.value)
+            .values(status=S.QUEUED.value, dispatched_at=now, updated_at=now),
+            now,
+        )
 
     def recover(self, limit: int = 2000) -> list[Dispatch]:
         """States whose worker died (lease expired) or whose message never arrived: publish them again."""
         now = time.time()
-        expired = select(states.c.id).where(states.c.status == S.QUEUED.value,
-                                            states.c.lease_until < now).limit(limit)
+        expired = select(states.c.id).where(states.c.status == S.QUEUED.value, states.c.lease_until < now).limit(limit)
         found = self._mark_dispatched(
-            update(states).where(states.c.id.in_(expired.scalar_subquery()), states.c.lease_until < now)
-            .values(lease_token=None, lease_until=None, dispatched_at=now), now)
+            update(states)
+            .where(states.c.id.in_(expired.scalar_subquery()), states.c.lease_until < now)
+            .values(lease_token=None, lease_until=None, dispatched_at=now),
+            now,
+        )
         stale = now - self.lease_seconds
-        lost = select(states.c.id).where(states.c.status == S.QUEUED.value, states.c.lease_until.is_(None),
-                                         states.c.dispatched_at < stale, states.c.due_at < stale).limit(limit)
+        lost = (
+            select(states.c.id)
+            .where(
+                states.c.status == S.QUEUED.value,
+                states.c.lease_until.is_(None),
+                states.c.dispatched_at < stale,
+                states.c.due_at < stale,
+            )
+            .limit(limit)
+        )
         found += self._mark_dispatched(
-            update(states).where(states.c.id.in_(lost.scalar_subquery()), states.c.lease_until.is_(None))
-            .values(dispatched_at=now), now)
+            update(states)
+            .where(states.c.id.in_(lost.scalar_subquery()), states.c.lease_until.is_(None))
+            .values(dispatched_at=now),
+            now,
+        )
         return found
 
     def _mark_dispatched(self, statement: Any, now: float) -> list[Dispatch]:
         with self.engine.begin() as conn:
-            rows = conn.execute(statement.returning(
-                states.c.id, states.c.run_id, states.c.namespace, states.c.node_name, states.c.graph_name,
-                states.c.identifier, states.c.due_at)).mappings().all()
+            rows = (
+                conn.execute(
+                    statement.returning(
+                        states.c.id,
+                        states.c.run_id,
+                        states.c.namespace,
+                        states.c.node_name,
+                        states.c.graph_name,
+                        states.c.identifier,
+                        states.c.due_at,
+                    )
+                )
+                .mappings()
+                .all()
+            )
         return [_dispatch(dict(r)) for r in rows]
 
 
@@ -383,15 +515,20 @@ def _fresh_id() -> str:
 
 
 def _source(row: dict[str, Any]) -> Source:
-    return Source(row["id"], row["run_id"], row["identifier"], row["parents"] or {}, row["scopes"] or {},
-                  row["branch"] or "", row["execution_id"] or row["id"])
+    return Source(
+        row["id"],
+        row["run_id"],
+        row["identifier"],
+        row["parents"] or {},
+        row["scopes"] or {},
+        row["branch"] or "",
+        row["execution_id"] or row["id"],
+    )
 
 
 def _insert_states(conn: Connection, new: list[NewState], row: dict[str, Any], now: float, due_at: float) -> None:
     if new:
-        conn.execute(insert(states), [
-            state_values(s, row, now, due_at) for s in new
-        ])
+        conn.execute(insert(states), [state_values(s, row, now, due_at) for s in new])
 
 
 def _insert_unique(conn: Connection, state: NewState, row: dict[str, Any], error: str | None = None) -> bool:
@@ -414,7 +551,9 @@ def _move_run(conn: Connection, run_id: str, delta: int, failed: int, now: float
     active = runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value])
     ends = active & (runs.c.outstanding + delta <= 0)
     conn.execute(
-        update(runs).where(runs.c.id == run_id).values(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(
             outstanding=runs.c.outstanding + delta,
             failed=runs.c.failed + failed,
             status=case(
@@ -433,7 +572,8 @@ def _read_store(conn: Connection, run_id: str) -> dict[str, str]:
 
 def _write_store(conn: Connection, run_id: str, writes: dict[str, str]) -> None:
     for key, value in writes.items():
-        done = conn.execute(update(store).where(store.c.run_id == run_id, store.c.key == key)
-                            .values(value=value)).rowcount
+        done = conn.execute(
+            update(store).where(store.c.run_id == run_id, store.c.key == key).values(value=value)
+        ).rowcount
         if not done:
             conn.execute(insert(store).values(run_id=run_id, key=key, value=value))

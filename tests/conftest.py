@@ -1,0 +1,98 @@
+"""Fixtures: a PostgreSQL + Redis stack and an embedded stack, each with a worker serving `tests.nodes`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import (
+    RABBITMQ_URL,
+    REDIS_URL,
+    Stack,
+    check_postgres,
+    check_rabbitmq,
+    check_redis,
+    create_database,
+    drop_database,
+    require,
+    uid,
+)
+
+SHARED_NAMESPACE = "it"
+
+
+def _flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@pytest.fixture(scope="session")
+def pg_redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """PostgreSQL ledger (a fresh database) + Redis broker, with a worker for namespace 'it'."""
+    require("PostgreSQL", check_postgres)
+    require("Redis", check_redis)
+    _flush_redis()
+    url = create_database()
+    stack = Stack("pg-redis", tmp_path_factory.mktemp("pg-redis"), url, REDIS_URL)
+    try:
+        stack.start_worker(SHARED_NAMESPACE)
+        yield stack
+    finally:
+        stack.stop_all()
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The embedded default (SQLite + filesystem broker), with a worker for namespace 'it'."""
+    stack = Stack("embedded", tmp_path_factory.mktemp("embedded"))
+    try:
+        stack.start_worker(SHARED_NAMESPACE)
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_rabbitmq_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """PostgreSQL ledger + RabbitMQ broker, with a worker for namespace 'it'."""
+    require("PostgreSQL", check_postgres)
+    require("RabbitMQ", check_rabbitmq)
+    url = create_database()
+    stack = Stack(
+        "pg-rabbitmq", tmp_path_factory.mktemp("pg-rabbitmq"), url, RABBITMQ_URL, extra={"EXO_QUEUE_PREFIX": uid("r")}
+    )
+    try:
+        stack.start_worker(SHARED_NAMESPACE)
+        yield stack
+    finally:
+        stack.stop_all()
+        drop_database(url)
+
+
+@pytest.fixture(params=["pg_redis", "embedded"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Each integration test runs on both stacks."""
+    return request.getfixturevalue(f"{request.param}_stack")
+
+
+@pytest.fixture
+def pg_stack(pg_redis_stack: Stack) -> Stack:
+    return pg_redis_stack
+
+
+@pytest.fixture
+def fresh_pg(tmp_path: Path) -> Iterator[Stack]:
+    """A private PostgreSQL database + Redis, for tests that start their own workers and beat."""
+    require("PostgreSQL", check_postgres)
+    require("Redis", check_redis)
+    url = create_database()
+    stack = Stack("pg-redis-private", tmp_path / "home", url, REDIS_URL, extra={"EXO_QUEUE_PREFIX": uid("t")})
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+        drop_database(url)
