@@ -48,6 +48,7 @@ class StateManager:
         self.namespace = namespace
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
         self.validation_timeout = validation_timeout
+        self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self.repo = Repo(self.settings.ledger_url)
         self.transitions = Transitions(
             self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown
@@ -164,7 +165,11 @@ class StateManager:
         row = self.repo.load_graph(self.namespace, graph_name, version)
         if row is None:
             raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {self.namespace!r}")
-        return CompiledGraph.from_row(row)
+        key = (graph_name, row["version"])
+        compiled = self._compiled.get(key)
+        if compiled is None:  # a stored version never changes
+            compiled = self._compiled[key] = CompiledGraph.from_row(row)
+        return compiled
 
     # -- runs ---------------------------------------------------------------
     async def trigger(
@@ -198,8 +203,10 @@ class StateManager:
                 if not isinstance(value, str):
                     problems.append(f"{kind} {key!r} must be a string, got {type(value).__name__}")
         root = graph.topology.nodes[graph.topology.root]
-        schema = self.repo.registry({(graph.namespace_of(root.identifier), root.node_name)})
-        known_inputs = next(iter(schema.values()))["inputs"] if schema else list(root.inputs)
+        known_inputs: list[str] = []
+        if inputs:
+            schema = self.repo.registry({(graph.namespace_of(root.identifier), root.node_name)})
+            known_inputs = next(iter(schema.values()))["inputs"] if schema else list(root.inputs)
         for key in inputs:
             if key not in known_inputs:
                 problems.append(

@@ -15,7 +15,7 @@ from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
 from .execute import run_node
 from .ledger.repo import Repo
-from .ledger.transitions import Dispatch, Outcome, Transitions
+from .ledger.transitions import MAX_DELIVERIES, Dispatch, Outcome, Transitions
 from .settings import Settings
 
 log = logging.getLogger("exo_celery.worker")
@@ -93,7 +93,13 @@ class Worker:
         _log_transition(row, "RUNNING")
         self.heartbeat.track(token)
         try:
-            if node_cls is None:
+            if row["attempts"] > MAX_DELIVERIES:
+                outcome = Outcome(
+                    "error",
+                    retryable=False,
+                    error=f"gave up after {MAX_DELIVERIES} deliveries: the worker died or was lost each time",
+                )
+            elif node_cls is None:
                 outcome = Outcome(
                     "error", error=f"node {row['node_name']!r} is not served by this worker", retryable=True
                 )

@@ -32,6 +32,7 @@ from .tables import runs, scopes, states, store
 
 S = StateStatus
 EARLY_TOLERANCE = 0.02  # seconds a message may arrive before its due time and still run
+MAX_DELIVERIES = 20  # a state whose worker died this many times in a row is ERRORED, not re-sent forever
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class Transitions:
                     failed_inc = 1
             elif outcome.kind == "requeue":
                 due = now + outcome.delay
-                values.update(status=self._status_for_due(due, now).value, due_at=due, dispatched_at=now)
+                values.update(status=self._status_for_due(due, now).value, due_at=due, dispatched_at=now, attempts=0)
                 leaving = False
             elif outcome.kind == "prune":
                 values.update(status=S.PRUNED.value, data=outcome.data or {})
