@@ -87,19 +87,12 @@ def is_node_class(obj: object) -> bool:
 
 
 def node_schema(cls: type) -> dict[str, Any]:
-    """What the ledger keeps about a node class: its field names and JSON schemas."""
+    """What the ledger keeps about a node class: its input, output and secret field names."""
+    models: dict[str, type[BaseModel]] = {part: getattr(cls, part) for part in ("Inputs", "Outputs", "Secrets")}
     return {
-        "inputs": list(cls.Inputs.model_fields),  # type: ignore[attr-defined]
-        "outputs": list(cls.Outputs.model_fields),  # type: ignore[attr-defined]
-        "secrets": list(cls.Secrets.model_fields),  # type: ignore[attr-defined]
-        "required_inputs": [
-            name
-            for name, f in cls.Inputs.model_fields.items()
-            if f.is_required()  # type: ignore[attr-defined]
-        ],
-        "required_secrets": [
-            name
-            for name, f in cls.Secrets.model_fields.items()
-            if f.is_required()  # type: ignore[attr-defined]
-        ],
+        "inputs": list(models["Inputs"].model_fields),
+        "outputs": list(models["Outputs"].model_fields),
+        "secrets": list(models["Secrets"].model_fields),
+        "required_inputs": [n for n, f in models["Inputs"].model_fields.items() if f.is_required()],
+        "required_secrets": [n for n, f in models["Secrets"].model_fields.items() if f.is_required()],
     }

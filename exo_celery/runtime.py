@@ -53,7 +53,8 @@ class Runtime:
         self.name = name
         self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
-        self.concurrency = concurrency
+        # exospherehost's Runtime(workers=N) maps to the worker's process count.
+        self.concurrency = concurrency or _exosphere_options.get("workers")
         self.pool = pool
         self.loglevel = loglevel
         self.app: Celery = make_app(self.settings, main=f"exo_celery.{namespace}")
