@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .ledger.transitions import Dispatch
 from .settings import Settings
+
+log = logging.getLogger("exo_celery.publish")
 
 
 def queue_name(settings: Settings, namespace: str) -> str:
@@ -54,16 +58,22 @@ def publish(app: Celery, settings: Settings, dispatches: Iterable[Dispatch]) -> 
     if not items:
         return 0
     now = time.time()
-    with app.producer_or_acquire() as producer:
-        for d in items:
-            countdown = d.due_at - now
-            app.send_task(
-                task_name(settings, d.namespace, d.node_name),
-                args=[d.state_id, d.run_id],
-                queue=queue_name(settings, d.namespace),
-                countdown=countdown if countdown > 0.001 else None,
-                argsrepr=describe(d),
-                kwargsrepr="{}",
-                producer=producer,
-            )
-    return len(items)
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for d in items:
+                countdown = d.due_at - now
+                app.send_task(
+                    task_name(settings, d.namespace, d.node_name),
+                    args=[d.state_id, d.run_id],
+                    queue=queue_name(settings, d.namespace),
+                    countdown=countdown if countdown > 0.001 else None,
+                    argsrepr=describe(d),
+                    kwargsrepr="{}",
+                    producer=producer,
+                )
+                sent += 1
+    except (KombuOperationalError, OSError) as exc:
+        # The ledger already holds these states as QUEUED: beat's sweep re-sends them.
+        log.warning("broker unreachable (%s): %d state(s) left for beat to re-send", exc, len(items) - sent)
+    return sent
