@@ -67,8 +67,17 @@ class StoreConfigModel(BaseModel):
 class CronTrigger(BaseModel):
     """Trigger the graph at each time of a 5-field cron expression (UTC)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     expression: str
     type: str = "CRON"
+
+    @field_validator("type")
+    @classmethod
+    def _only_cron(cls, value: str) -> str:
+        if value.upper() != "CRON":
+            raise ValueError(f"unsupported trigger type {value!r} (only CRON)")
+        return "CRON"
 
 
 class GraphTemplate(BaseModel):

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-_PLACEHOLDER = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+# The body may not hold another `${{`: "${{ a ${{ b.outputs.c }}" is an unterminated
+# placeholder followed by a good one, not one placeholder with a strange body.
+_PLACEHOLDER = re.compile(r"\$\{\{((?:(?!\$\{\{).)*?)\}\}", re.DOTALL)
+_OPEN = "${{"
 _OUTPUT_REF = re.compile(r"^([\w-]+)\.outputs\.([\w-]+)$")
 _STORE_REF = re.compile(r"^store\.([^.\s]+)$")
 
@@ -42,10 +45,11 @@ def as_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def parse_refs(value: Any) -> list[Ref]:
-    """Every placeholder in `value`, in order; raises PlaceholderError naming a bad one."""
+def scan_refs(value: Any) -> tuple[list[Ref], list[str]]:
+    """Every placeholder of `value` that parses, in order, and a problem text for each one that does not."""
     text = as_text(value)
     refs: list[Ref] = []
+    problems: list[str] = []
     for match in _PLACEHOLDER.finditer(text):
         body = match.group(1).strip()
         if (m := _STORE_REF.match(body)) is not None:
@@ -53,13 +57,26 @@ def parse_refs(value: Any) -> list[Ref]:
         elif (m := _OUTPUT_REF.match(body)) is not None and m.group(1) != "store":
             refs.append(Ref("output", m.group(1), m.group(2)))
         else:
-            raise PlaceholderError(
+            problems.append(
                 f"placeholder {match.group(0)!r} does not parse: expected "
                 "'${{ <identifier>.outputs.<field> }}' or '${{ store.<key> }}'"
             )
     leftover = _PLACEHOLDER.sub("", text)
-    if "${{" in leftover:
-        raise PlaceholderError(f"unterminated placeholder in {text[:80]!r}: '${{{{' without '}}}}'")
+    start = leftover.find(_OPEN)
+    while start != -1:
+        end = leftover.find(_OPEN, start + len(_OPEN))
+        fragment = leftover[start : end if end != -1 else len(leftover)].rstrip()
+        shown = fragment if len(fragment) <= 60 else fragment[:57] + "..."
+        problems.append(f"placeholder {shown!r} is unterminated: '${{{{' without a closing '}}}}'")
+        start = end
+    return refs, problems
+
+
+def parse_refs(value: Any) -> list[Ref]:
+    """Every placeholder in `value`, in order; raises PlaceholderError naming a bad one."""
+    refs, problems = scan_refs(value)
+    if problems:
+        raise PlaceholderError("; ".join(problems))
     return refs
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import random
 from enum import Enum
 
+# A ceiling on any un-jittered delay: about 100 years in ms. Far beyond any useful retry,
+# yet small enough that the float arithmetic of jitter and due times cannot overflow
+# (factor * exponent ** (n - 1) with in-range policies can exceed what a float holds).
+DELAY_CEILING_MS = 100 * 365 * 24 * 3600 * 1000
+
 
 class RetryStrategyEnum(str, Enum):
     """Backoff shapes; each has a full-jitter and an equal-jitter variant."""
@@ -21,14 +26,21 @@ class RetryStrategyEnum(str, Enum):
 
 
 def base_delay(strategy: RetryStrategyEnum, factor: int, exponent: int, retry_count: int) -> float:
-    """The un-jittered delay in ms of retry number `retry_count` (1 for the first retry)."""
+    """The un-jittered delay in ms of retry number `retry_count` (1 for the first retry).
+
+    Never above DELAY_CEILING_MS, so it always fits a float.
+    """
     n = max(1, retry_count)
     family = strategy.value.split("_", 1)[0]
     if family == "EXPONENTIAL":
-        return float(factor * exponent ** (n - 1))
-    if family == "LINEAR":
-        return float(factor * n)
-    return float(factor)
+        if factor > 0 and exponent > 1 and (n - 1) * (exponent.bit_length() - 1) > DELAY_CEILING_MS.bit_length():
+            return float(DELAY_CEILING_MS)  # skip computing a number with thousands of digits
+        value = factor * exponent ** (n - 1)
+    elif family == "LINEAR":
+        value = factor * n
+    else:
+        value = factor
+    return float(min(value, DELAY_CEILING_MS))
 
 
 def compute_delay(

@@ -79,18 +79,20 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
     errors: list[str] = []
     by_id: dict[str, GraphNodeModel] = {}
     for n in nodes:
-        if n.identifier in by_id:
+        if n.identifier not in by_id:
+            by_id[n.identifier] = n
+        elif f"duplicate identifier {n.identifier!r}" not in errors:
             errors.append(f"duplicate identifier {n.identifier!r}")
-        by_id[n.identifier] = n
     successors: dict[str, list[str]] = {i: [] for i in by_id}
     predecessors: dict[str, list[str]] = {i: [] for i in by_id}
-    for n in by_id.values():
+    # Every entry is checked, duplicates included, so no problem hides behind a duplicate.
+    for n in nodes:
         for nxt in dict.fromkeys(n.next_nodes or []):
             if nxt not in by_id:
                 errors.append(f"node {n.identifier!r}: next_nodes names unknown node {nxt!r}")
             elif nxt == n.identifier:
                 errors.append(f"node {n.identifier!r}: next_nodes names itself (cycle)")
-            else:
+            elif nxt not in successors[n.identifier]:
                 successors[n.identifier].append(nxt)
                 predecessors[nxt].append(n.identifier)
         if n.unites is not None and n.unites.identifier not in by_id:
@@ -119,8 +121,16 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
             if indegree[nxt] == 0:
                 order.append(nxt)
     if len(order) != len(by_id):
-        stuck = sorted(i for i in by_id if indegree[i] > 0)
-        errors.append(f"cycle in next_nodes through {stuck}")
+        stuck = {i for i in by_id if indegree[i] > 0}
+        # Nodes merely downstream of a cycle are stuck too; peel them off to name the cycle itself.
+        peeled = True
+        while peeled:
+            peeled = False
+            for i in sorted(stuck):
+                if not any(t in stuck for t in after[i]):
+                    stuck.discard(i)
+                    peeled = True
+        errors.append(f"cycle in next_nodes (or unites) through {sorted(stuck)}")
     if errors:
         return None, errors
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .cron import cron_problem
 from .graph import CronTrigger, GraphNodeModel, StoreConfigModel
-from .mapping import PlaceholderError, parse_refs
+from .mapping import scan_refs
 from .topology import Topology, analyse
 
 IDENTIFIER = re.compile(r"^[\w-]{1,128}$")
@@ -63,16 +63,21 @@ def validate_template(
     for value_name, value in secrets.items():
         if not isinstance(value, str):
             errors.append(f"secret {value_name!r} must be a string, got {type(value).__name__}")
-    for key in [*store_config.required_keys, *store_config.default_values]:
-        if not key or "." in key:
-            errors.append(f"store key {key!r} must be non-empty and contain no '.'")
-    for t in triggers:
+    for where, keys in (
+        ("store_config.required_keys", store_config.required_keys),
+        ("store_config.default_values", list(store_config.default_values)),
+    ):
+        for key in keys:
+            if not key or "." in key:
+                errors.append(f"{where}: store key {key!r} must be non-empty and contain no '.'")
+    for i, t in enumerate(triggers):
         if (problem := cron_problem(t.expression)) is not None:
-            errors.append(f"trigger: {problem}")
+            errors.append(f"triggers[{i}]: {problem}")
 
     topology, structural = analyse(nodes)
     errors.extend(structural)
     report.topology = topology
+    identifiers = {n.identifier for n in nodes}
 
     for n in nodes:
         schema = registry.get((n.namespace or "", n.node_name))
@@ -82,7 +87,9 @@ def validate_template(
         else:
             for name in schema["required_inputs"]:
                 if name not in n.inputs:
-                    errors.append(f"node {n.identifier!r}: input {name!r} of {n.node_name} is missing")
+                    errors.append(
+                        f"node {n.identifier!r}: required input {name!r} of {n.node_name} is missing from its inputs"
+                    )
             for name in n.inputs:
                 if name not in schema["inputs"]:
                     errors.append(f"node {n.identifier!r}: unknown input {name!r} for {n.node_name}")
@@ -92,19 +99,16 @@ def validate_template(
                         f"node {n.identifier!r}: secret {name!r} needed by {n.node_name} is not in the graph's secrets"
                     )
         for field_name, value in n.inputs.items():
-            try:
-                refs = parse_refs(value)
-            except PlaceholderError as exc:
-                errors.append(f"node {n.identifier!r}: input {field_name!r}: {exc}")
-                continue
+            refs, problems = scan_refs(value)
+            errors.extend(f"node {n.identifier!r}: input {field_name!r}: {problem}" for problem in problems)
             for ref in refs:
                 if ref.kind == "store":
                     continue
                 where = f"node {n.identifier!r}: input {field_name!r}: {ref}"
-                if topology is None:
-                    continue
-                if ref.name not in topology.nodes:
+                if ref.name not in identifiers:
                     errors.append(f"{where} names unknown node {ref.name!r}")
+                elif topology is None:
+                    continue  # lineage is unknown while the structure is broken
                 elif ref.name not in topology.readable(n.identifier):
                     errors.append(f"{where} names {ref.name!r}, which is not an ancestor on this node's lineage")
                 else:
