@@ -116,9 +116,11 @@ class StateManager:
     ) -> dict[str, Any]:
         """Blocking form of `upsert_graph`."""
         problems = [p for p in [name_problem("graph name", graph_name)] if p]
-        secrets = dict(secrets or {})
+        if secrets is not None and not isinstance(secrets, dict):
+            problems.append(f"secrets must be a mapping of names to strings, got {type(secrets).__name__}")
+        secrets = dict(secrets) if isinstance(secrets, dict) else {}
         nodes, policy, store_cfg, parsed_triggers = parse_graph_parts(
-            str(graph_name), graph_nodes, retry_policy, store_config, triggers
+            str(graph_name), graph_nodes, retry_policy, store_config, triggers, errors=problems
         )
         nodes = [n if n.namespace else n.model_copy(update={"namespace": self.namespace}) for n in nodes]
         timeout = self.validation_timeout if validation_timeout is None else validation_timeout

@@ -263,6 +263,8 @@ def plan_barrier_state(
         known = dict(outputs_of)
         for ident, items in gathered.items():
             if ident == barrier.over:
+                # The join runs under one output of the awaited node: it reads that output.
+                known.update({sid: out for sid, out in items if sid == opener.id})
                 continue
             if len(items) == 1:
                 parents[ident] = items[0][0]

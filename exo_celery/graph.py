@@ -86,7 +86,7 @@ class GraphTemplate(BaseModel):
     name: str
     namespace: str
     nodes: list[GraphNodeModel]
-    retry_policy: RetryPolicyModel = Field(default_factory=RetryPolicyModel)
+    retry_policy: RetryPolicyModel = Field(default_factory=lambda: RetryPolicyModel())
     store_config: StoreConfigModel = Field(default_factory=StoreConfigModel)
     triggers: list[CronTrigger] = Field(default_factory=list)
     secret_names: list[str] = Field(default_factory=list)
@@ -124,9 +124,15 @@ def parse_graph_parts(
     retry_policy: Any = None,
     store_config: Any = None,
     triggers: Any = None,
+    errors: list[str] | None = None,
 ) -> tuple[list[GraphNodeModel], RetryPolicyModel, StoreConfigModel, list[CronTrigger]]:
-    """Coerce models or plain dicts into template parts, listing every shape error at once."""
-    errors: list[str] = []
+    """Coerce models or plain dicts into template parts, listing every shape error at once.
+
+    With `errors` given, problems are appended to it (and bad parts replaced by defaults)
+    so the caller can report them together with the template's other problems.
+    """
+    collect = errors
+    errors = [] if collect is None else collect
     nodes: list[GraphNodeModel] = []
     if not isinstance(graph_nodes, (list, tuple)):
         errors.append(f"nodes: expected a list of nodes, got {type(graph_nodes).__name__}")
@@ -158,6 +164,6 @@ def parse_graph_parts(
             parsed_triggers.append(parse_trigger(raw))
         except (ValidationError, ValueError, TypeError) as exc:
             errors.append(f"triggers[{i}]: {exc}")
-    if errors:
+    if errors and collect is None:
         raise GraphValidationError(graph_name, errors)
     return nodes, policy, store, parsed_triggers

@@ -23,10 +23,14 @@ from .support import (
 SHARED_NAMESPACE = "it"
 
 
-def _flush_redis() -> None:
+def _drop_queues(prefix: str) -> None:
+    """Delete what a stack left in Redis (its queues and kombu bindings), nothing else."""
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    client = redis.Redis.from_url(REDIS_URL)
+    for pattern in (f"{prefix}.*", f"_kombu.binding.{prefix}.*"):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
 
 
 @pytest.fixture(scope="session")
@@ -34,15 +38,17 @@ def pg_redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """PostgreSQL ledger (a fresh database) + Redis broker, with a worker for namespace 'it'."""
     require("PostgreSQL", check_postgres)
     require("Redis", check_redis)
-    _flush_redis()
     url = create_database()
-    stack = Stack("pg-redis", tmp_path_factory.mktemp("pg-redis"), url, REDIS_URL)
+    # A queue prefix of its own keeps concurrent test sessions on one Redis apart.
+    prefix = uid("s")
+    stack = Stack("pg-redis", tmp_path_factory.mktemp("pg-redis"), url, REDIS_URL, extra={"EXO_QUEUE_PREFIX": prefix})
     try:
         stack.start_worker(SHARED_NAMESPACE)
         yield stack
     finally:
         stack.stop_all()
         drop_database(url)
+        _drop_queues(prefix)
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +96,11 @@ def fresh_pg(tmp_path: Path) -> Iterator[Stack]:
     require("PostgreSQL", check_postgres)
     require("Redis", check_redis)
     url = create_database()
-    stack = Stack("pg-redis-private", tmp_path / "home", url, REDIS_URL, extra={"EXO_QUEUE_PREFIX": uid("t")})
+    prefix = uid("t")
+    stack = Stack("pg-redis-private", tmp_path / "home", url, REDIS_URL, extra={"EXO_QUEUE_PREFIX": prefix})
     try:
         yield stack
     finally:
         stack.stop_all()
         drop_database(url)
+        _drop_queues(prefix)

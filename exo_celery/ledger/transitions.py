@@ -326,7 +326,9 @@ class Transitions:
             )
             for sid_, ident_, out in conn.execute(q):
                 gathered[ident_].append((sid_, out))
-        if barrier.over in gathered and not barrier.per_output:
+        if barrier.over in gathered and barrier.per_output:
+            gathered[barrier.over] = [(opener.id, opener_row["outputs"] or {})]
+        elif barrier.over in gathered:
             q = (
                 select(states.c.id, states.c.outputs)
                 .where(

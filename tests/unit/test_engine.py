@@ -194,11 +194,6 @@ def test_join_may_read_the_splitter_when_its_outputs_are_known() -> None:
     assert state.inputs == {"s": "X", "a": "A"}
 
 
-@pytest.mark.xfail(
-    reason="defect: plan_barrier_state ignores gathered[over] for a join and ledger/transitions._fire never passes "
-    "the opener's outputs, so a join reading the node it joins under fails with PlanError",
-    strict=True,
-)
 def test_join_reads_the_splitter_as_transitions_calls_it() -> None:
     # transitions._fire: gathered has an (empty) entry for the awaited node, outputs_of only the opener's parents.
     t = topo(*PARALLEL[:3], node("merger", s="${{ splitter.outputs.o }}", a="${{ p1.outputs.r }}"))
