@@ -12,6 +12,17 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from .ledger.transitions import Dispatch
 from .settings import Settings
 
+# RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout (30 min by
+# default). A countdown is held unacked by the worker until due (and, with late acks, until the state
+# finishes), so EXO_MAX_COUNTDOWN must stay well below it; longer delays wait in the ledger instead.
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0
+
+
+def is_rabbitmq(url: str) -> bool:
+    """True for AMQP broker URLs (RabbitMQ)."""
+    return url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+
+
 log = logging.getLogger("exo_celery.publish")
 
 
@@ -43,6 +54,13 @@ def make_app(settings: Settings, main: str = "exo_celery") -> Celery:
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
+    if is_rabbitmq(settings.broker) and settings.max_countdown > RABBITMQ_CONSUMER_TIMEOUT / 2:
+        log.warning(
+            "EXO_MAX_COUNTDOWN=%g s is close to RabbitMQ's default consumer_timeout (%g s): workers hold countdowns "
+            "unacked until due; lower EXO_MAX_COUNTDOWN or raise consumer_timeout in rabbitmq.conf",
+            settings.max_countdown,
+            RABBITMQ_CONSUMER_TIMEOUT,
+        )
     app.exo_settings = settings  # type: ignore[attr-defined]
     return app
 

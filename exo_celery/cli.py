@@ -1,31 +1,157 @@
-"""The `exo-celery` command line."""
+"""The `exo-celery` command line: run workers and beat, upsert and trigger graphs, and see what a run is doing.
+
+Every command takes `--namespace/-n` (default `$EXO_NAMESPACE`, else `default`) and `--json`
+(machine-readable output on stdout), either before or after the command name. Errors print one
+line on stderr and exit non-zero, without a traceback.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
 
-from .errors import ConfigError, ExoError
+from .errors import ConfigError, ExoError, GraphValidationError
 from .node import is_node_class
+
+if TYPE_CHECKING:
+    from .client import StateManager
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Run Exosphere-style graphs on Celery.",
 )
-console = Console()
-err_console = Console(stderr=True)
+db_app = typer.Typer(no_args_is_help=True, help="Manage the ledger's schema (Alembic migrations).")
+app.add_typer(db_app, name="db")
 
 
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output keeps long ids on one line instead of rich's 80-column default.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 200)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="namespace (default: $EXO_NAMESPACE, else 'default')", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of text")]
+
+STATUS_STYLE = {
+    "SUCCESS": "green",
+    "ERRORED": "red",
+    "FAILED": "red",
+    "NEXT_CREATED_ERROR": "red",
+    "CANCELLED": "magenta",
+    "PRUNED": "yellow",
+    "RETRY_CREATED": "dim",
+    "RUNNING": "cyan",
+    "QUEUED": "cyan",
+    "CREATED": "blue",
+    "PENDING": "blue",
+}
+
+
+@dataclass
+class Globals:
+    """Options given before the command name."""
+
+    namespace: str | None = None
+    as_json: bool = False
+
+
+@app.callback()
+def _root(ctx: typer.Context, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
+    ctx.obj = Globals(namespace, as_json)
+
+
+def _namespace(ctx: typer.Context, given: str | None) -> str:
+    outer = ctx.find_object(Globals)
+    return given or (outer.namespace if outer else None) or os.environ.get("EXO_NAMESPACE") or "default"
+
+
+def _json(ctx: typer.Context, given: bool) -> bool:
+    outer = ctx.find_object(Globals)
+    return given or bool(outer and outer.as_json)
+
+
+def _manager(namespace: str, **options: Any) -> StateManager:
+    from .client import StateManager
+
+    return StateManager(namespace, **options)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit with `code`."""
+    err_console.print(f"[red]error:[/red] {escape(_one_line(message))}")
+    raise typer.Exit(code)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, GraphValidationError):
+        return f"graph {exc.graph_name!r} is invalid: " + "; ".join(_one_line(e) for e in exc.errors)
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _status(status: str) -> str:
+    style = STATUS_STYLE.get(status, "white")
+    return f"[{style}]{status}[/{style}]"
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"'{option}'")
+        result[key] = value
+    return result
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+# -- processes ----------------------------------------------------------------
 def load_nodes(spec: str) -> list[type]:
     """Node classes from 'module' (every node class in it) or 'module:attr' (a class or a list of them)."""
     module_name, _, attr = spec.partition(":")
@@ -46,15 +172,11 @@ def load_nodes(spec: str) -> list[type]:
     return nodes
 
 
-def fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
 @app.command()
 def worker(
-    namespace: str = typer.Option(..., "--namespace", "-n", help="namespace whose queue to consume"),
+    ctx: typer.Context,
     nodes: list[str] = typer.Option(..., "--nodes", help="module or module:attr holding node classes"),
+    namespace: NamespaceOption = None,
     name: str = typer.Option("worker", help="runtime name (the Celery node name prefix)"),
     concurrency: int = typer.Option(0, "--concurrency", "-c", help="worker processes (0: Celery's default)"),
     pool: str = typer.Option("", "--pool", "-P", help="Celery pool (prefork, threads, solo)"),
@@ -64,8 +186,11 @@ def worker(
     from .runtime import Runtime
 
     sys.path.insert(0, os.getcwd())
-    classes = [cls for spec in nodes for cls in load_nodes(spec)]
-    Runtime(namespace, name, classes, concurrency=concurrency or None, pool=pool or None, loglevel=loglevel).start()
+    classes = [cls for spec in nodes for item in spec.split(",") if item.strip() for cls in load_nodes(item.strip())]
+    runtime = Runtime(
+        _namespace(ctx, namespace), name, classes, concurrency=concurrency or None, pool=pool or None, loglevel=loglevel
+    )
+    runtime.start()
 
 
 @app.command()
@@ -80,78 +205,422 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
 
 
 @app.command()
-def demo(timeout: float = typer.Option(120.0, help="seconds to wait for the run")) -> None:
+def demo(
+    ctx: typer.Context,
+    timeout: float = typer.Option(120.0, help="seconds to wait for the run"),
+    as_json: JsonOption = False,
+) -> None:
     """Start a worker, run a fan-out + unite graph on it, print the outputs, and stop."""
-    import asyncio
-
     from . import demo as demo_graph
-    from .client import StateManager
     from .settings import load_settings
 
+    as_json = _json(ctx, as_json)
+    out = err_console if as_json else console
     settings = load_settings()
     log_path = settings.home_dir / "demo-worker.log"
     started = time.monotonic()
-    console.print(f"ledger: {settings.ledger_url.split('@')[-1]}  broker: {settings.broker.split('@')[-1]}")
+    out.print(f"ledger: {_safe_url(settings.ledger_url)}  broker: {_safe_url(settings.broker)}")
+    argv = ["worker", "--namespace", demo_graph.NAMESPACE, "--nodes", "exo_celery.demo:NODES", "--name", "demo"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exo_celery.cli",
-                "worker",
-                "--namespace",
-                demo_graph.NAMESPACE,
-                "--nodes",
-                "exo_celery.demo:NODES",
-                "--name",
-                "demo",
-                "--concurrency",
-                "2",
-            ],
+            [sys.executable, "-m", "exo_celery.cli", *argv, "--concurrency", "2"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so the pool's children stop with it
         )
     try:
-        manager = StateManager(demo_graph.NAMESPACE, settings=settings, validation_timeout=60)
-
-        async def run() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            await manager.upsert_graph(demo_graph.GRAPH, demo_graph.GRAPH_NODES, secrets={})
-            created = await manager.trigger(demo_graph.GRAPH)
-            console.print(f"triggered run {created['run_id']}")
-            finished = await manager.wait(created["run_id"], timeout=timeout)
-            return finished, await manager.list_states(created["run_id"])
-
-        finished, states = asyncio.run(run())
-        for s in states:
-            console.print(
-                f"  {s['identifier']:<8} {s['status']:<8} inputs={s['inputs']} outputs={s['outputs']}", highlight=False
-            )
-        console.print(
+        manager = _manager(demo_graph.NAMESPACE, settings=settings, validation_timeout=60)
+        manager.upsert_graph_sync(demo_graph.GRAPH, demo_graph.GRAPH_NODES, secrets={})
+        created = manager.trigger_sync(demo_graph.GRAPH)
+        out.print(f"triggered run {created['run_id']}")
+        finished = manager.wait_sync(created["run_id"], timeout=timeout)
+        states = manager.list_states_sync(created["run_id"])
+        if as_json:
+            _print_json({"run": finished, "states": states})
+        else:
+            for s in states:
+                console.print(
+                    f"  {s['identifier']:<8} {s['status']:<8} inputs={s['inputs']} outputs={s['outputs']}",
+                    markup=False,
+                )
+        out.print(
             f"run {finished['run_id']}: [bold]{finished['status']}[/bold] "
             f"in {time.monotonic() - started:.1f} s (worker log: {log_path})"
         )
         if finished["status"] != "SUCCESS":
             raise typer.Exit(1)
-    except ExoError as exc:
-        fail(str(exc))
     except TimeoutError as exc:
         fail(f"{exc} (worker log: {log_path})")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGQUIT)  # the run is over: a cold shutdown loses nothing
-            proc.wait(timeout=10)
+        _stop_worker(proc)
 
 
-def main() -> None:
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the demo's worker: a warm shutdown if it is quick, else kill it (the run is over: nothing is lost)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=1.5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _safe_url(url: str) -> str:
+    """A URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
+
+
+# -- graphs and runs ------------------------------------------------------------
+@app.command()
+def upsert(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="the graph as Exosphere's JSON body: {secrets, nodes, retry_policy, ...}"),
+    name: str | None = typer.Option(None, "--name", help="graph name (default: the file name without .json)"),
+    validation_timeout: float = typer.Option(60.0, help="seconds to wait for workers to register the graph's nodes"),
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate and store a graph template from a JSON file."""
+    from .crypto import redact
+
+    try:
+        body = json.loads(file.read_text())
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror or exc}")
+    except ValueError as exc:
+        fail(f"{file} is not valid JSON: {exc}")
+    graph_name = name or file.stem
+    secrets = body.get("secrets") if isinstance(body, dict) else None
+    hidden = [str(v) for v in secrets.values()] if isinstance(secrets, dict) else []
+    manager = _manager(_namespace(ctx, namespace), validation_timeout=validation_timeout)
+    try:
+        graph = manager.upsert_graph_json_sync(graph_name, body)
+    except ExoError as exc:  # an error text must not echo a secret value given in the file
+        fail(redact(_error_text(exc), hidden))
+    if _json(ctx, as_json):
+        _print_json(graph)
+        return
+    identifiers = ", ".join(n["identifier"] for n in graph["nodes"])
+    secret_names = ", ".join(graph["secrets"]) or "none"
+    console.print(
+        f"graph {escape(graph['name'])!r} version {graph['version']} in namespace {escape(graph['namespace'])!r}: "
+        f"[green]{graph['validation_status']}[/green] ({len(graph['nodes'])} nodes: {escape(identifiers)}; "
+        f"secrets: {escape(secret_names)})"
+    )
+
+
+@app.command()
+def trigger(
+    ctx: typer.Context,
+    graph: str = typer.Argument(..., help="graph name"),
+    inputs: list[str] | None = typer.Option(None, "--input", "-i", help="root input KEY=VALUE (repeatable)"),
+    store: list[str] | None = typer.Option(None, "--store", "-s", help="store value KEY=VALUE (repeatable)"),
+    start_delay: int = typer.Option(0, "--start-delay", min=0, help="milliseconds before the root state runs"),
+    wait: bool = typer.Option(False, "--wait", "-w", help="wait for the run to end, with a progress bar"),
+    timeout: float | None = typer.Option(None, "--timeout", help="with --wait: give up after this many seconds"),
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a run of GRAPH. With --wait, exit 0 only if the run ends SUCCESS."""
+    as_json = _json(ctx, as_json)
+    given_inputs, given_store = _pairs(inputs, "--input"), _pairs(store, "--store")
+    manager = _manager(_namespace(ctx, namespace))
+    created = manager.trigger_sync(graph, given_inputs, given_store, start_delay)
+    if not wait:
+        if as_json:
+            _print_json(created)
+        else:
+            console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {_status(created['status'])}")
+        return
+    if not as_json:
+        console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {_status(created['status'])}")
+    try:
+        finished = _wait_with_progress(manager, created["run_id"], timeout, show=not as_json)
+    except TimeoutError as exc:
+        fail(str(exc))
+    if as_json:
+        _print_json(finished)
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(finished["counts"].items()))
+        took = _duration(_seconds(finished["created_at"], finished["finished_at"]))
+        console.print(f"run {finished['run_id']}: {_status(finished['status'])} in {took} ({counts})")
+    if finished["status"] != "SUCCESS":
+        raise typer.Exit(1)
+
+
+def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | None, show: bool) -> dict[str, Any]:
+    """Poll the run until it ends; the bar shows states finished out of states known so far."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .status import TERMINAL_RUNS, TERMINAL_STATES, RunStatus
+
+    terminal = {s.value for s in TERMINAL_STATES}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, disable=not show, transient=False) as progress:
+        task = progress.add_task("states finished", total=1, completed=0)
+        pause = 0.05
+        while True:
+            run = manager.get_run_sync(run_id)
+            counts: dict[str, int] = run["counts"]
+            done = sum(n for status, n in counts.items() if status in terminal)
+            progress.update(task, completed=done, total=max(1, sum(counts.values())), description=f"{run['status']:<9}")
+            if RunStatus(run["status"]) in TERMINAL_RUNS:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+
+@app.command()
+def runs(
+    ctx: typer.Context,
+    graph: str | None = typer.Option(None, "--graph", "-g", help="only runs of this graph"),
+    limit: int = typer.Option(20, "--limit", min=1, help="how many (newest first)"),
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the namespace's runs, newest first."""
+    ns = _namespace(ctx, namespace)
+    found = _manager(ns).list_runs_sync(graph, limit)
+    if _json(ctx, as_json):
+        _print_json(found)
+        return
+    if not found:
+        console.print(f"no runs in namespace {escape(ns)!r}" + (f" for graph {escape(graph)!r}" if graph else ""))
+        return
+    table = Table(title=f"runs in namespace {ns!r}", title_justify="left")
+    for column in ("run id", "graph", "status", "created (UTC)", "duration"):
+        table.add_column(column, no_wrap=True)
+    for r in found:
+        end = r["finished_at"] or (datetime.now(datetime.fromisoformat(r["created_at"]).tzinfo).isoformat())
+        table.add_row(
+            r["run_id"],
+            escape(r["graph_name"]),
+            _status(r["status"]),
+            r["created_at"][:19].replace("T", " "),
+            _duration(_seconds(r["created_at"], end)),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="run id"),
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A run and its states as a tree (each state under the state it came from)."""
+    manager = _manager(_namespace(ctx, namespace))
+    run = manager.get_run_sync(run_id)
+    states = manager.list_states_sync(run_id)
+    if _json(ctx, as_json):
+        _print_json({"run": run, "states": states})
+        return
+    console.print(run_tree(run, states))
+
+
+def run_tree(run: dict[str, Any], states: list[dict[str, Any]]) -> Tree:
+    """The states of a run as a rich Tree.
+
+    A state hangs under its nearest ancestor: of the states in its lineage (`parents`), the one
+    with the longest lineage itself. Retries are folded into the attempt that superseded them.
+    """
+    by_id = {s["id"]: s for s in states}
+    superseded_by = {s["retry_of"]: s["id"] for s in states if s.get("retry_of") in by_id}
+
+    def latest(state_id: str) -> str:
+        seen = set()
+        while state_id in superseded_by and state_id not in seen:
+            seen.add(state_id)
+            state_id = superseded_by[state_id]
+        return state_id
+
+    def earlier(state: dict[str, Any]) -> list[dict[str, Any]]:
+        chain: list[dict[str, Any]] = []
+        current = state.get("retry_of")
+        while current in by_id and len(chain) < len(states):
+            chain.append(by_id[current])
+            current = by_id[current].get("retry_of")
+        return list(reversed(chain))
+
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for s in states:
+        if s["id"] in superseded_by:
+            continue
+        lineage = [p for p in (s.get("parents") or {}).values() if p in by_id and p != s["id"]]
+        parent = max(lineage, key=lambda p: len(by_id[p].get("parents") or {}), default=None)
+        children.setdefault(latest(parent) if parent else None, []).append(s)
+
+    counts = ", ".join(f"{k} {v}" for k, v in sorted((run.get("counts") or {}).items()))
+    took = _duration(_seconds(run["created_at"], run.get("finished_at")))
+    tree = Tree(
+        f"run [bold]{run['run_id']}[/bold]  graph {escape(run['graph_name'])!r}  namespace "
+        f"{escape(run['namespace'])!r}  {_status(run['status'])}  {took}  ({counts})"
+    )
+
+    def add(branch: Tree, parent: str | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda s: (s["created_at"] or "", s["id"])):
+            node = branch.add(_state_label(s))
+            for attempt in earlier(s):
+                node.add(_state_label(attempt, dim=True))
+            if depth < 1000:
+                add(node, s["id"], depth + 1)
+
+    add(tree, None, 0)
+    return tree
+
+
+def _state_label(s: dict[str, Any], dim: bool = False) -> str:
+    start = max(filter(None, [s.get("created_at"), s.get("due_at")]), default=None)
+    never_ran = s["status"] in {"CREATED", "QUEUED"} or s.get("attempts") == 0
+    took = "-" if never_ran else _duration(_seconds(start, s.get("updated_at")))
+    parts = [
+        f"[bold]{escape(s['identifier'])}[/bold] ({escape(s['node_name'])})",
+        _status(s["status"]),
+        took,
+    ]
+    if s.get("attempts") == 0 and s["status"] == "SUCCESS":
+        parts.append("[dim]fan-out output[/dim]")  # created with its outputs by the execution of a sibling
+    if s.get("retry_count"):
+        parts.append(f"retry {s['retry_count']}")
+    parts.append(f"[dim]{s['id']}[/dim]")
+    if s.get("error"):
+        error = _one_line(s["error"])
+        parts.append(f"[red]error: {escape(error[:200] + ('…' if len(error) > 200 else ''))}[/red]")
+    label = "  ".join(parts)
+    return f"[dim]attempt: {label}[/dim]" if dim else label
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    state_id: str = typer.Argument(..., help="an ERRORED, NEXT_CREATED_ERROR or CANCELLED state"),
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retry a failed state (repeating the command returns the same retry)."""
+    result = _manager(_namespace(ctx, namespace)).manual_retry_sync(state_id)
+    if _json(ctx, as_json):
+        _print_json(result)
+        return
+    console.print(
+        f"state {result['state_id']} retries {result['retry_of']} (retry {result['retry_count']}, "
+        f"run {result['run_id']}): {_status(result['status'])}"
+    )
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="run id"),
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a run: waiting states are CANCELLED, running ones finish without children."""
+    result = _manager(_namespace(ctx, namespace)).cancel_sync(run_id)
+    if _json(ctx, as_json):
+        _print_json(result)
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.get("counts", {}).items()))
+    console.print(f"run {result['run_id']}: {_status(result['status'])} ({counts})")
+
+
+# -- ledger schema --------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: str = typer.Option("head", help="target revision"),
+    as_json: JsonOption = False,
+) -> None:
+    """Create the ledger's tables, or upgrade them to the newest revision (safe to repeat)."""
+    from sqlalchemy import create_engine
+
+    from .ledger.db import _tune_sqlite
+    from .ledger.migrations import current_revision, upgrade
+    from .settings import load_settings
+
+    url = load_settings().ledger_url
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        _tune_sqlite(engine)
+    else:
+        engine = create_engine(url)
+    try:
+        before = current_revision(engine)
+        after = upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    result = {"ledger": _safe_url(url), "before": before, "revision": after, "changed": before != after}
+    if _json(ctx, as_json):
+        _print_json(result)
+    elif before == after:
+        console.print(f"ledger {result['ledger']}: already at revision {after}")
+    else:
+        console.print(f"ledger {result['ledger']}: upgraded from {before or '(empty)'} to revision {after}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Print the ledger's schema revision (without changing anything)."""
+    from sqlalchemy import create_engine
+
+    from .ledger.migrations import HEAD, current_revision
+    from .settings import load_settings
+
+    url = load_settings().ledger_url
+    engine = create_engine(url)
+    try:
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    if _json(ctx, as_json):
+        _print_json({"ledger": _safe_url(url), "revision": revision, "head": HEAD})
+    else:
+        state = "up to date" if revision == HEAD else f"newest is {HEAD}: run `exo-celery db upgrade`"
+        console.print(f"ledger {_safe_url(url)}: revision {revision or '(empty)'} ({state})")
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point: errors print one line and exit non-zero, without a traceback."""
     try:
-        app()
-    except ExoError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(1)
+        code = app(args=argv, prog_name="exo-celery", standalone_mode=False)
+    except typer.Abort:
+        err_console.print("[red]error:[/red] interrupted")
+        code = 130
+    except KeyboardInterrupt:
+        code = 130
+    except typer.TyperException as exc:  # bad arguments (typer's vendored click exceptions)
+        code = getattr(exc, "exit_code", 2)
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            sys.stdout.write(context.get_help() + "\n")  # a bare `exo-celery` (or `exo-celery db`) shows help
+            code = 0
+        else:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            err_console.print(f"[red]error:[/red] {escape(_one_line(message))}{escape(hint)}")
+    except (ExoError, TimeoutError) as exc:
+        err_console.print(f"[red]error:[/red] {escape(_error_text(exc))}")
+        code = 1
+    except Exception as exc:  # e.g. a server that cannot be reached: one line, not a traceback
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(_error_text(exc)[:500])}")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Engines: one per process and URL, tables created on first use, SQLite tuned for several processes."""
+"""Engines: one per process and URL, the ledger migrated on first use, SQLite tuned for several processes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
-
-from .tables import metadata
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
@@ -62,10 +60,16 @@ def _create(url: str) -> Engine:
 
 
 def _create_tables(engine: Engine) -> None:
-    # Two processes starting together may both try to create a table.
+    """Create or upgrade the ledger by running its Alembic migrations (a no-op once at the newest revision).
+
+    The upgrade itself is serialized across processes (advisory lock / BEGIN IMMEDIATE); the retries
+    cover a database that is still starting or a lock wait that timed out.
+    """
+    from .migrations import ensure_current
+
     for attempt in range(5):
         try:
-            metadata.create_all(engine, checkfirst=True)
+            ensure_current(engine)
             return
         except DBAPIError:
             if attempt == 4:

@@ -1,0 +1,1 @@
+"""Entry point: `celery -A beat.app beat` (see README.md here)."""

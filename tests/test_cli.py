@@ -1,0 +1,227 @@
+"""The `exo-celery` command line, run as a subprocess against the PostgreSQL + Redis stack's shared worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .conftest import SHARED_NAMESPACE as NS
+from .support import ROOT, Stack, uid
+
+SECRET = "sk-cli-5e1d0c9b7a"
+
+
+def cli(stack: Stack | None, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = stack.env if stack is not None else {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "exo_celery.cli", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    return done.stdout
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(done))
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    """A failed command: the expected exit code, nothing on stdout, one `error:` line on stderr."""
+    assert done.returncode == code, f"exit {done.returncode}: {done.stdout} {done.stderr}"
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def fan_out_body() -> dict[str, Any]:
+    return {
+        "secrets": {"api_key": SECRET},
+        "nodes": [
+            {
+                "node_name": "Split",
+                "namespace": NS,
+                "identifier": "split",
+                "inputs": {"items": '["p1", "p2"]'},
+                "next_nodes": ["up"],
+            },
+            {
+                "node_name": "Upper",
+                "namespace": NS,
+                "identifier": "up",
+                "inputs": {"item": "${{ split.outputs.item }}"},
+                "next_nodes": ["collect"],
+            },
+            {
+                "node_name": "Collect",
+                "namespace": NS,
+                "identifier": "collect",
+                "inputs": {"values": "${{ up.outputs.result }}"},
+                "unites": {"identifier": "split"},
+                "next_nodes": ["secret"],
+            },
+            {"node_name": "UseSecret", "namespace": NS, "identifier": "secret", "inputs": {"mode": "leak-output"}},
+        ],
+        "retry_policy": {"max_retries": 2, "strategy": "FIXED", "backoff_factor": 100},
+    }
+
+
+def test_upsert_trigger_wait_runs_show_json_and_the_secret_never_printed(pg_stack: Stack, tmp_path: Path) -> None:
+    name = uid("cli")
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(fan_out_body()))
+    outputs: list[str] = []
+
+    def keep(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    # --namespace before the command; the graph is named after the file.
+    text = ok(keep(cli(pg_stack, "-n", NS, "upsert", str(path))))
+    assert f"graph '{name}' version 1 in namespace '{NS}': VALID (4 nodes: split, up, collect, secret" in text
+    graph = as_json(keep(cli(pg_stack, "upsert", str(path), "--name", name, "--namespace", NS, "--json")))
+    assert graph["version"] == 2 and graph["secrets"] == {"api_key": "***"} and graph["validation_status"] == "VALID"
+
+    # EXO_NAMESPACE as the default namespace; --wait shows a progress bar of states finished / known.
+    env = {"EXO_NAMESPACE": NS}
+    done = keep(cli(pg_stack, "trigger", name, "--input", 'items=["a", "b", "c"]', "--wait", env=env))
+    text = ok(done)
+    run_id = text.split()[1]
+    assert f"run {run_id}: SUCCESS in " in text and "(SUCCESS 8)" in text
+    assert "8/8" in done.stderr  # 3 split outputs, 3 up, 1 collect, 1 secret
+
+    listed = as_json(keep(cli(pg_stack, "runs", "--graph", name, "--json", env=env)))
+    assert [r["run_id"] for r in listed] == [run_id] and listed[0]["status"] == "SUCCESS"
+    table = ok(keep(cli(pg_stack, "runs", "--namespace", NS, "--limit", "5")))
+    assert run_id in table and "SUCCESS" in table and f"runs in namespace '{NS}'" in table
+
+    tree = ok(keep(cli(pg_stack, "show", run_id, env=env)))
+    lines = tree.splitlines()
+    assert lines[0].startswith(f"run {run_id}  graph '{name}'  namespace '{NS}'  SUCCESS")
+    assert sum("split (Split)  SUCCESS" in line for line in lines) == 3
+    assert sum("up (Upper)  SUCCESS" in line for line in lines) == 3
+    assert sum("split (Split)  SUCCESS  -  fan-out output" in line for line in lines) == 2  # outputs 2 and 3
+    # Each `up` hangs under its own `split`; `collect` and then `secret` follow the united branches.
+    split_at = [i for i, line in enumerate(lines) if "split (Split)" in line]
+    assert all("up (Upper)" in lines[i + 1] for i in split_at)
+    depth = {line.split("(")[0].strip(" │├└─"): line.index(line.strip(" │├└─")) for line in lines[1:]}
+    assert depth["up"] > depth["split"] and depth["secret"] > depth["collect"]
+
+    shown = as_json(keep(cli(pg_stack, "show", run_id, "--json", "-n", NS)))
+    assert shown["run"]["status"] == "SUCCESS" and len(shown["states"]) == 8
+    secret_state = next(s for s in shown["states"] if s["identifier"] == "secret")
+    assert secret_state["outputs"] == {"length": "key=***"}  # the node did output it: masked
+
+    created = as_json(keep(cli(pg_stack, "trigger", name, "--json", "--store", "unused=x", env=env)))
+    assert created["status"] == "CREATED" and created["run_id"]
+
+    for out in outputs:
+        assert SECRET not in out
+
+
+def state_id(line: str) -> str:
+    """The state id `show` prints on a state's line."""
+    return next(word for word in line.split() if len(word) == 32 and all(c in "0123456789abcdef" for c in word))
+
+
+def test_failed_run_shows_errors_and_retries_a_state_can_be_retried_and_a_run_cancelled(
+    pg_stack: Stack, tmp_path: Path
+) -> None:
+    name = uid("cli")
+    path = tmp_path / "failing.json"
+    body = {
+        "nodes": [
+            {"node_name": "Echo", "identifier": "a", "inputs": {"text": "t"}, "next_nodes": ["b"]},
+            {"node_name": "Fail", "identifier": "b", "inputs": {"text": "${{ a.outputs.text }}"}},
+        ],
+        "retry_policy": {"max_retries": 1, "strategy": "FIXED", "backoff_factor": 50},
+    }
+    path.write_text(json.dumps(body))
+    ok(cli(pg_stack, "upsert", str(path), "--name", name, "-n", NS))
+    done = cli(pg_stack, "trigger", name, "-n", NS, "--input", "text=boom", "--wait", "--timeout", "60")
+    assert done.returncode == 1, done.stderr  # --wait exits non-zero unless the run succeeded
+    run_id = done.stdout.split()[1]
+    assert f"run {run_id}: FAILED" in done.stdout
+
+    lines = ok(cli(pg_stack, "show", run_id, "-n", NS)).splitlines()
+    errored = next(line for line in lines if "b (Fail)" in line and "ERRORED" in line)
+    assert "retry 1" in errored and "error: " in errored and "always fails: boom" in errored
+    first_attempt = next(line for line in lines if "attempt: b (Fail)  RETRY_CREATED" in line)
+    assert "always fails: boom" in first_attempt
+    assert lines.index(first_attempt) == lines.index(errored) + 1  # folded under the attempt that replaced it
+
+    failed = state_id(errored)
+    retried = ok(cli(pg_stack, "retry", failed, "-n", NS))
+    assert f"retries {failed} (retry 2, run {run_id})" in retried
+    again = as_json(cli(pg_stack, "retry", failed, "-n", NS, "--json"))
+    assert again["retry_of"] == failed and again["state_id"] in retried  # repeating returns the same retry
+    succeeded = state_id(next(line for line in lines if "a (Echo)  SUCCESS" in line))
+    one_line_error(cli(pg_stack, "retry", succeeded, "-n", NS), 1, "is SUCCESS", "can be retried")
+
+    # A run waiting on a 30 s start delay is cancelled at once.
+    created = as_json(cli(pg_stack, "trigger", name, "-n", NS, "--start-delay", "30000", "--json"))
+    cancelled = ok(cli(pg_stack, "cancel", created["run_id"], "-n", NS))
+    assert f"run {created['run_id']}: CANCELLED (CANCELLED 1)" in cancelled
+    assert "a (Echo)  CANCELLED" in ok(cli(pg_stack, "show", created["run_id"], "-n", NS))
+
+
+def test_errors_print_one_line_and_exit_non_zero(pg_stack: Stack, tmp_path: Path) -> None:
+    name = uid("cli")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"nodes": [{"node_name": "Echo", "identifier": "a", "inputs": {"text": "x"}}]}))
+    ok(cli(pg_stack, "upsert", str(good), "--name", name, "-n", NS))
+    bad_json = tmp_path / "broken.json"
+    bad_json.write_text('{"nodes": [')
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(
+        json.dumps(
+            {
+                "secrets": {"api_key": SECRET, "other": [SECRET]},
+                "nodes": [
+                    {"node_name": "NoSuchNode", "identifier": "a", "inputs": {}, "next_nodes": ["b"]},
+                    {"node_name": "Echo", "identifier": "b", "inputs": {"text": "${{ zz.outputs.x }}"}},
+                ],
+            }
+        )
+    )
+    cases: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
+        (("trigger", uid("missing")), 1, ("does not exist",)),
+        (("trigger", name, "--input", "text"), 2, ("--input", "KEY=VALUE")),
+        (("trigger", name, "--input", "nope=1"), 1, ("'nope' is not an input",)),
+        (("show", "no-such-run"), 1, ("run 'no-such-run' does not exist",)),
+        (("retry", "no-such-state"), 1, ("state 'no-such-state' does not exist",)),
+        (("upsert", str(tmp_path / "absent.json")), 1, ("cannot read",)),
+        (("upsert", str(bad_json)), 1, ("is not valid JSON",)),
+        (("upsert", str(invalid), "--validation-timeout", "0"), 1, ("is invalid", "zz")),
+        (("no-such-command",), 2, ("no-such-command",)),
+    ]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda c: cli(pg_stack, *c[0], "-n", NS), cases))
+    for (args, code, needles), done in zip(cases, results, strict=True):
+        line = one_line_error(done, code, *needles)
+        assert SECRET not in line, args
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    done = cli(None, "demo", "--json", env={"EXO_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)})
+    result = as_json(done)
+    assert result["run"]["status"] == "SUCCESS"
+    total = next(s for s in result["states"] if s["identifier"] == "sum")["outputs"]
+    assert total == {"total": "55"}
+    assert "SUCCESS" in done.stderr  # the human summary goes to stderr with --json

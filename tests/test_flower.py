@@ -1,0 +1,155 @@
+"""A real Flower process shows each executed state as `<prefix>.<namespace>.<NodeName>` with ids, never values."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from exo_celery import GraphNodeModel, UnitesModel
+
+from .conftest import SHARED_NAMESPACE as NS
+from .support import ROOT, Stack, run, uid
+
+SECRET = "sk-flower-8d2c4a6e1f"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.fixture
+def flower(pg_stack: Stack) -> Iterator[str]:
+    """`celery --broker=<the stack's broker> flower` on a free port; yields its base URL."""
+    port = free_port()
+    log = pg_stack.home / f"flower-{port}.log"
+    env = {**pg_stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", f"--broker={pg_stack.broker_url}", "flower", f"--port={port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if get(f"{base}/healthcheck").strip() == "OK":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"Flower did not start:\n{log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def flower_tasks(base: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    text = get(f"{base}/api/tasks?limit=5000")
+    return text, json.loads(text)
+
+
+def wait_for_tasks(base: str, state_ids: set[str], timeout: float = 30.0) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Poll Flower until a received task's args name every given state (events take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text, tasks = flower_tasks(base)
+        seen = {sid for sid in state_ids for t in tasks.values() if t.get("args") and f"state_id={sid!r}" in t["args"]}
+        if seen == state_ids:
+            return text, tasks
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Flower never showed states {sorted(state_ids - seen)}")
+        time.sleep(0.3)
+
+
+def test_flower_shows_each_state_by_node_name_with_ids_and_no_values(pg_stack: Stack, flower: str) -> None:
+    m = pg_stack.manager(NS)
+    prefix = pg_stack.settings().queue_prefix
+
+    # Flower only records events sent after it connected: wait until a probe run shows up.
+    probe = uid("probe")
+    run(m.upsert_graph(probe, [GraphNodeModel(node_name="Echo", identifier="a", inputs={"text": "p"})], secrets={}))
+    deadline = time.monotonic() + 30
+    while True:
+        probe_run = run(m.trigger(probe))["run_id"]
+        run(m.wait(probe_run, timeout=30))
+        probe_state = run(m.list_states(probe_run))[0]["id"]
+        try:
+            wait_for_tasks(flower, {probe_state}, timeout=3)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, "Flower received no task events"
+
+    marker = uuid.uuid4().hex[:12]
+    items = [f"in-{marker}-1", f"in-{marker}-2"]
+    name = uid("flower")
+    run(
+        m.upsert_graph(
+            name,
+            [
+                GraphNodeModel(node_name="Split", identifier="split", inputs={"items": "[]"}, next_nodes=["up"]),
+                GraphNodeModel(
+                    node_name="Upper", identifier="up", inputs={"item": "${{ split.outputs.item }}"}, next_nodes=["all"]
+                ),
+                GraphNodeModel(
+                    node_name="Collect",
+                    identifier="all",
+                    inputs={"values": "${{ up.outputs.result }}"},
+                    unites=UnitesModel(identifier="split"),
+                    next_nodes=["secret", "fail"],
+                ),
+                GraphNodeModel(node_name="UseSecret", identifier="secret", inputs={"mode": "leak-output"}),
+                GraphNodeModel(node_name="Fail", identifier="fail", inputs={"text": "${{ all.outputs.values }}"}),
+            ],
+            secrets={"api_key": SECRET},
+            retry_policy={"max_retries": 1, "strategy": "FIXED", "backoff_factor": 50},
+        )
+    )
+    run_id = run(m.trigger(name, inputs={"items": json.dumps(items)}))["run_id"]
+    assert run(m.wait(run_id, timeout=60))["status"] == "FAILED"  # `fail` fails (its error holds the values)
+    states = run(m.list_states(run_id))
+    executed = {s["id"]: s for s in states if s["attempts"] > 0}  # fan-out outputs 1..n-1 never run as tasks
+    assert len(executed) == 7  # split, 2 up, all, secret, fail and its retry
+
+    text, tasks = wait_for_tasks(flower, set(executed))
+    for sid, state in executed.items():
+        task = next(t for t in tasks.values() if t.get("args") and f"state_id={sid!r}" in t["args"])
+        assert task["name"] == f"{prefix}.{NS}.{state['node_name']}"
+        assert task["args"] == (
+            f"(graph={name!r}, identifier={state['identifier']!r}, run_id={run_id!r}, state_id={sid!r})"
+        )
+        assert task["kwargs"] == "{}"
+        assert task["routing_key"] in (None, f"{prefix}.{NS}")
+
+    # No input, output, error text or secret anywhere in what Flower holds for any task.
+    assert marker not in text and marker.upper() not in text
+    assert SECRET not in text
+    assert "always fails" not in text
