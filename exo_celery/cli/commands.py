@@ -1,4 +1,4 @@
-"""The `exo-celery` command line: run workers and beat, upsert and trigger graphs, and see what a run is doing.
+"""The commands of `exo-celery`.
 
 Every command takes `--namespace/-n` (default `$EXO_NAMESPACE`, else `default`) and `--json`
 (machine-readable output on stdout), either before or after the command name. Errors print one
@@ -17,19 +17,30 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.tree import Tree
 
-from .errors import ConfigError, ExoError, GraphValidationError
-from .node import is_node_class
+from ..errors import ConfigError, ExoError
+from ..node import is_node_class
+from .output import (
+    console,
+    duration,
+    err_console,
+    error_text,
+    fail,
+    one_line,
+    print_json,
+    run_tree,
+    safe_url,
+    seconds_between,
+    status_text,
+)
 
 if TYPE_CHECKING:
-    from .client import StateManager
+    from ..client import StateManager
 
 app = typer.Typer(
     add_completion=False,
@@ -42,34 +53,11 @@ db_app = typer.Typer(no_args_is_help=True, help="Manage the ledger's schema (Ale
 app.add_typer(db_app, name="db")
 
 
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped output keeps long ids on one line instead of rich's 80-column default.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 200)
-
-
-console = _console()
-err_console = _console(stderr=True)
-
 NamespaceOption = Annotated[
     str | None,
     typer.Option("--namespace", "-n", help="namespace (default: $EXO_NAMESPACE, else 'default')", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of text")]
-
-STATUS_STYLE = {
-    "SUCCESS": "green",
-    "ERRORED": "red",
-    "FAILED": "red",
-    "NEXT_CREATED_ERROR": "red",
-    "CANCELLED": "magenta",
-    "PRUNED": "yellow",
-    "RETRY_CREATED": "dim",
-    "RUNNING": "cyan",
-    "QUEUED": "cyan",
-    "CREATED": "blue",
-    "PENDING": "blue",
-}
 
 
 @dataclass
@@ -96,34 +84,9 @@ def _json(ctx: typer.Context, given: bool) -> bool:
 
 
 def _manager(namespace: str, **options: Any) -> StateManager:
-    from .client import StateManager
+    from ..client import StateManager
 
     return StateManager(namespace, **options)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one line on stderr and exit with `code`."""
-    err_console.print(f"[red]error:[/red] {escape(_one_line(message))}")
-    raise typer.Exit(code)
-
-
-def _one_line(message: str) -> str:
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, GraphValidationError):
-        return f"graph {exc.graph_name!r} is invalid: " + "; ".join(_one_line(e) for e in exc.errors)
-    return _one_line(str(exc)) or type(exc).__name__
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def _status(status: str) -> str:
-    style = STATUS_STYLE.get(status, "white")
-    return f"[{style}]{status}[/{style}]"
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -134,21 +97,6 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"'{option}'")
         result[key] = value
     return result
-
-
-def _seconds(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 # -- processes ----------------------------------------------------------------
@@ -183,7 +131,7 @@ def worker(
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
     """Run a Celery worker serving NODES on the queue of NAMESPACE."""
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
     sys.path.insert(0, os.getcwd())
     classes = [cls for spec in nodes for item in spec.split(",") if item.strip() for cls in load_nodes(item.strip())]
@@ -198,7 +146,7 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
     """Run the beat process: due states, recovery sweep, cron triggers, retention."""
     import logging
 
-    from .beat import Beat
+    from ..beat import Beat
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
     Beat().run_forever()
@@ -211,15 +159,15 @@ def demo(
     as_json: JsonOption = False,
 ) -> None:
     """Start a worker, run a fan-out + unite graph on it, print the outputs, and stop."""
-    from . import demo as demo_graph
-    from .settings import load_settings
+    from .. import demo as demo_graph
+    from ..settings import load_settings
 
     as_json = _json(ctx, as_json)
     out = err_console if as_json else console
     settings = load_settings()
     log_path = settings.home_dir / "demo-worker.log"
     started = time.monotonic()
-    out.print(f"ledger: {_safe_url(settings.ledger_url)}  broker: {_safe_url(settings.broker)}")
+    out.print(f"ledger: {safe_url(settings.ledger_url)}  broker: {safe_url(settings.broker)}")
     argv = ["worker", "--namespace", demo_graph.NAMESPACE, "--nodes", "exo_celery.demo:NODES", "--name", "demo"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -236,7 +184,7 @@ def demo(
         finished = manager.wait_sync(created["run_id"], timeout=timeout)
         states = manager.list_states_sync(created["run_id"])
         if as_json:
-            _print_json({"run": finished, "states": states})
+            print_json({"run": finished, "states": states})
         else:
             for s in states:
                 console.print(
@@ -267,18 +215,6 @@ def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _safe_url(url: str) -> str:
-    """A URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    if "://" not in url or "@" not in url:
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
-
-
 # -- graphs and runs ------------------------------------------------------------
 @app.command()
 def upsert(
@@ -290,7 +226,7 @@ def upsert(
     as_json: JsonOption = False,
 ) -> None:
     """Validate and store a graph template from a JSON file."""
-    from .crypto import redact
+    from ..crypto import redact
 
     try:
         body = json.loads(file.read_text())
@@ -305,9 +241,9 @@ def upsert(
     try:
         graph = manager.upsert_graph_json_sync(graph_name, body)
     except ExoError as exc:  # an error text must not echo a secret value given in the file
-        fail(redact(_error_text(exc), hidden))
+        fail(redact(error_text(exc), hidden))
     if _json(ctx, as_json):
-        _print_json(graph)
+        print_json(graph)
         return
     identifiers = ", ".join(n["identifier"] for n in graph["nodes"])
     secret_names = ", ".join(graph["secrets"]) or "none"
@@ -337,22 +273,22 @@ def trigger(
     created = manager.trigger_sync(graph, given_inputs, given_store, start_delay)
     if not wait:
         if as_json:
-            _print_json(created)
+            print_json(created)
         else:
-            console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {_status(created['status'])}")
+            console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {status_text(created['status'])}")
         return
     if not as_json:
-        console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {_status(created['status'])}")
+        console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {status_text(created['status'])}")
     try:
         finished = _wait_with_progress(manager, created["run_id"], timeout, show=not as_json)
     except TimeoutError as exc:
         fail(str(exc))
     if as_json:
-        _print_json(finished)
+        print_json(finished)
     else:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(finished["counts"].items()))
-        took = _duration(_seconds(finished["created_at"], finished["finished_at"]))
-        console.print(f"run {finished['run_id']}: {_status(finished['status'])} in {took} ({counts})")
+        took = duration(seconds_between(finished["created_at"], finished["finished_at"]))
+        console.print(f"run {finished['run_id']}: {status_text(finished['status'])} in {took} ({counts})")
     if finished["status"] != "SUCCESS":
         raise typer.Exit(1)
 
@@ -361,7 +297,7 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
     """Poll the run until it ends; the bar shows states finished out of states known so far."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .status import TERMINAL_RUNS, TERMINAL_STATES, RunStatus
+    from ..status import TERMINAL_RUNS, TERMINAL_STATES, RunStatus
 
     terminal = {s.value for s in TERMINAL_STATES}
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -394,7 +330,7 @@ def runs(
     ns = _namespace(ctx, namespace)
     found = _manager(ns).list_runs_sync(graph, limit)
     if _json(ctx, as_json):
-        _print_json(found)
+        print_json(found)
         return
     if not found:
         console.print(f"no runs in namespace {escape(ns)!r}" + (f" for graph {escape(graph)!r}" if graph else ""))
@@ -407,9 +343,9 @@ def runs(
         table.add_row(
             r["run_id"],
             escape(r["graph_name"]),
-            _status(r["status"]),
+            status_text(r["status"]),
             r["created_at"][:19].replace("T", " "),
-            _duration(_seconds(r["created_at"], end)),
+            duration(seconds_between(r["created_at"], end)),
         )
     console.print(table)
 
@@ -426,81 +362,9 @@ def show(
     run = manager.get_run_sync(run_id)
     states = manager.list_states_sync(run_id)
     if _json(ctx, as_json):
-        _print_json({"run": run, "states": states})
+        print_json({"run": run, "states": states})
         return
     console.print(run_tree(run, states))
-
-
-def run_tree(run: dict[str, Any], states: list[dict[str, Any]]) -> Tree:
-    """The states of a run as a rich Tree.
-
-    A state hangs under its nearest ancestor: of the states in its lineage (`parents`), the one
-    with the longest lineage itself. Retries are folded into the attempt that superseded them.
-    """
-    by_id = {s["id"]: s for s in states}
-    superseded_by = {s["retry_of"]: s["id"] for s in states if s.get("retry_of") in by_id}
-
-    def latest(state_id: str) -> str:
-        seen = set()
-        while state_id in superseded_by and state_id not in seen:
-            seen.add(state_id)
-            state_id = superseded_by[state_id]
-        return state_id
-
-    def earlier(state: dict[str, Any]) -> list[dict[str, Any]]:
-        chain: list[dict[str, Any]] = []
-        current = state.get("retry_of")
-        while current in by_id and len(chain) < len(states):
-            chain.append(by_id[current])
-            current = by_id[current].get("retry_of")
-        return list(reversed(chain))
-
-    children: dict[str | None, list[dict[str, Any]]] = {}
-    for s in states:
-        if s["id"] in superseded_by:
-            continue
-        lineage = [p for p in (s.get("parents") or {}).values() if p in by_id and p != s["id"]]
-        parent = max(lineage, key=lambda p: len(by_id[p].get("parents") or {}), default=None)
-        children.setdefault(latest(parent) if parent else None, []).append(s)
-
-    counts = ", ".join(f"{k} {v}" for k, v in sorted((run.get("counts") or {}).items()))
-    took = _duration(_seconds(run["created_at"], run.get("finished_at")))
-    tree = Tree(
-        f"run [bold]{run['run_id']}[/bold]  graph {escape(run['graph_name'])!r}  namespace "
-        f"{escape(run['namespace'])!r}  {_status(run['status'])}  {took}  ({counts})"
-    )
-
-    def add(branch: Tree, parent: str | None, depth: int) -> None:
-        for s in sorted(children.get(parent, []), key=lambda s: (s["created_at"] or "", s["id"])):
-            node = branch.add(_state_label(s))
-            for attempt in earlier(s):
-                node.add(_state_label(attempt, dim=True))
-            if depth < 1000:
-                add(node, s["id"], depth + 1)
-
-    add(tree, None, 0)
-    return tree
-
-
-def _state_label(s: dict[str, Any], dim: bool = False) -> str:
-    start = max(filter(None, [s.get("created_at"), s.get("due_at")]), default=None)
-    never_ran = s["status"] in {"CREATED", "QUEUED"} or s.get("attempts") == 0
-    took = "-" if never_ran else _duration(_seconds(start, s.get("updated_at")))
-    parts = [
-        f"[bold]{escape(s['identifier'])}[/bold] ({escape(s['node_name'])})",
-        _status(s["status"]),
-        took,
-    ]
-    if s.get("attempts") == 0 and s["status"] == "SUCCESS":
-        parts.append("[dim]fan-out output[/dim]")  # created with its outputs by the execution of a sibling
-    if s.get("retry_count"):
-        parts.append(f"retry {s['retry_count']}")
-    parts.append(f"[dim]{s['id']}[/dim]")
-    if s.get("error"):
-        error = _one_line(s["error"])
-        parts.append(f"[red]error: {escape(error[:200] + ('…' if len(error) > 200 else ''))}[/red]")
-    label = "  ".join(parts)
-    return f"[dim]attempt: {label}[/dim]" if dim else label
 
 
 @app.command()
@@ -513,11 +377,11 @@ def retry(
     """Retry a failed state (repeating the command returns the same retry)."""
     result = _manager(_namespace(ctx, namespace)).manual_retry_sync(state_id)
     if _json(ctx, as_json):
-        _print_json(result)
+        print_json(result)
         return
     console.print(
         f"state {result['state_id']} retries {result['retry_of']} (retry {result['retry_count']}, "
-        f"run {result['run_id']}): {_status(result['status'])}"
+        f"run {result['run_id']}): {status_text(result['status'])}"
     )
 
 
@@ -531,10 +395,10 @@ def cancel(
     """Cancel a run: waiting states are CANCELLED, running ones finish without children."""
     result = _manager(_namespace(ctx, namespace)).cancel_sync(run_id)
     if _json(ctx, as_json):
-        _print_json(result)
+        print_json(result)
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.get("counts", {}).items()))
-    console.print(f"run {result['run_id']}: {_status(result['status'])} ({counts})")
+    console.print(f"run {result['run_id']}: {status_text(result['status'])} ({counts})")
 
 
 # -- ledger schema --------------------------------------------------------------
@@ -547,9 +411,9 @@ def db_upgrade(
     """Create the ledger's tables, or upgrade them to the newest revision (safe to repeat)."""
     from sqlalchemy import create_engine
 
-    from .ledger.db import _tune_sqlite
-    from .ledger.migrations import current_revision, upgrade
-    from .settings import load_settings
+    from ..ledger.db import _tune_sqlite
+    from ..ledger.migrations import current_revision, upgrade
+    from ..settings import load_settings
 
     url = load_settings().ledger_url
     if url.startswith("sqlite"):
@@ -565,9 +429,9 @@ def db_upgrade(
         after = upgrade(engine, revision)
     finally:
         engine.dispose()
-    result = {"ledger": _safe_url(url), "before": before, "revision": after, "changed": before != after}
+    result = {"ledger": safe_url(url), "before": before, "revision": after, "changed": before != after}
     if _json(ctx, as_json):
-        _print_json(result)
+        print_json(result)
     elif before == after:
         console.print(f"ledger {result['ledger']}: already at revision {after}")
     else:
@@ -579,8 +443,8 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Print the ledger's schema revision (without changing anything)."""
     from sqlalchemy import create_engine
 
-    from .ledger.migrations import HEAD, current_revision
-    from .settings import load_settings
+    from ..ledger.migrations import HEAD, current_revision
+    from ..settings import load_settings
 
     url = load_settings().ledger_url
     engine = create_engine(url)
@@ -589,10 +453,10 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
     finally:
         engine.dispose()
     if _json(ctx, as_json):
-        _print_json({"ledger": _safe_url(url), "revision": revision, "head": HEAD})
+        print_json({"ledger": safe_url(url), "revision": revision, "head": HEAD})
     else:
         state = "up to date" if revision == HEAD else f"newest is {HEAD}: run `exo-celery db upgrade`"
-        console.print(f"ledger {_safe_url(url)}: revision {revision or '(empty)'} ({state})")
+        console.print(f"ledger {safe_url(url)}: revision {revision or '(empty)'} ({state})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -613,15 +477,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             hint = f" (see '{context.command_path} --help')" if context is not None else ""
-            err_console.print(f"[red]error:[/red] {escape(_one_line(message))}{escape(hint)}")
+            err_console.print(f"[red]error:[/red] {escape(one_line(message))}{escape(hint)}")
     except (ExoError, TimeoutError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(_error_text(exc))}")
+        err_console.print(f"[red]error:[/red] {escape(error_text(exc))}")
         code = 1
     except Exception as exc:  # e.g. a server that cannot be reached: one line, not a traceback
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(_error_text(exc)[:500])}")
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(error_text(exc)[:500])}")
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
