@@ -58,10 +58,18 @@ class Beat:
         self.fire_crons(now)
         if now - self._last_sweep >= self.settings.sweep_interval:
             self._last_sweep = now
-            released = publish(self.app, self.settings, self.transitions.release_due(self.horizon))
-            recovered = publish(self.app, self.settings, self.transitions.recover())
-            if released or recovered:
-                log.info("released %d due state(s), re-sent %d lost or orphaned state(s)", released, recovered)
+            due = self.transitions.release_due(self.horizon)
+            lost = self.transitions.recover()
+            for d, why in [*((d, "QUEUED") for d in due), *((d, "QUEUED (re-sent)") for d in lost)]:
+                log.info(
+                    "run=%s state=%s graph=%s identifier=%s status=%s",
+                    d.run_id,
+                    d.state_id,
+                    d.graph_name,
+                    d.identifier,
+                    why,
+                )
+            publish(self.app, self.settings, [*due, *lost])
         if now - self._last_purge >= PURGE_EVERY:
             self._last_purge = now
             purged = self.repo.purge_finished_runs(now - self.settings.retention_seconds)

@@ -15,7 +15,7 @@ from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
 from .execute import run_node
 from .ledger.repo import Repo
-from .ledger.transitions import MAX_DELIVERIES, Dispatch, Outcome, Transitions
+from .ledger.transitions import MAX_DELIVERIES, Completion, Dispatch, Outcome, Transitions
 from .settings import Settings
 
 log = logging.getLogger("exo_celery.worker")
@@ -111,12 +111,18 @@ class Worker:
                     lambda: self.repo.read_store(row["run_id"]),
                     self.settings.max_output_bytes,
                 )
-            dispatches = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
+            done: Completion = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
         finally:
             self.heartbeat.untrack(token)
-        status = {"success": "SUCCESS", "prune": "PRUNED", "requeue": "REQUEUED"}.get(outcome.kind, "FAILED")
-        _log_transition(row, status, redact(outcome.error, secrets.values()) if outcome.error else None)
-        publish(self.app, self.settings, dispatches)
+        if done.status is None:
+            log.info("state %s: already recorded by another delivery; nothing changed", state_id)
+            return
+        # Error texts may quote inputs as well as secrets: neither reaches the log.
+        hidden = [*secrets.values(), *(str(v) for v in row["inputs"].values() if len(str(v)) >= 3)]
+        _log_transition(row, done.status, redact(outcome.error, hidden) if outcome.error else None)
+        for new_id_, identifier, status in done.created:
+            _log_transition({**row, "id": new_id_, "identifier": identifier}, status)
+        publish(self.app, self.settings, done.dispatches)
 
 
 def _as_dispatch(row: dict[str, Any]) -> Dispatch:

@@ -77,6 +77,19 @@ def pg_rabbitmq_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
     finally:
         stack.stop_all()
         drop_database(url)
+        _drop_rabbitmq_queues(stack.extra["EXO_QUEUE_PREFIX"])
+
+
+def _drop_rabbitmq_queues(prefix: str) -> None:
+    from kombu import Connection
+
+    with Connection(RABBITMQ_URL) as conn:
+        channel = conn.default_channel
+        for name in (f"{prefix}.{SHARED_NAMESPACE}", f"{prefix}.default"):
+            try:
+                channel.queue_delete(name)
+            except Exception:  # already gone
+                channel = conn.channel()
 
 
 @pytest.fixture(params=["pg_redis", "embedded"])

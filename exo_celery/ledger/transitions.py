@@ -61,6 +61,16 @@ class Outcome:
     store_writes: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """What `complete` did: the state's new status (None if another delivery got there first),
+    the states to publish, and every state it created as (id, identifier, status)."""
+
+    status: str | None
+    dispatches: list[Dispatch]
+    created: list[tuple[str, str, str]]
+
+
 def _dispatch(row: dict[str, Any]) -> Dispatch:
     return Dispatch(
         row["id"],
@@ -145,8 +155,8 @@ class Transitions:
         row: dict[str, Any],
         token: str,
         outcome: Outcome,
-    ) -> list[Dispatch]:
-        """Record how an execution ended and everything it causes; returns what to publish."""
+    ) -> Completion:
+        """Record how an execution ended and everything it causes; says what to publish and log."""
         now = time.time()
         topo = graph.topology
         ident = row["identifier"]
@@ -211,7 +221,7 @@ class Transitions:
             ).rowcount
             if not moved:
                 conn.rollback()
-                return []
+                return Completion(None, [], [])
 
             if outcome.kind == "success" and outcome.store_writes:
                 _write_store(conn, row["run_id"], outcome.store_writes)
@@ -285,7 +295,8 @@ class Transitions:
                     dispatches.append(
                         Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
                     )
-        return dispatches
+        new_states = [(s.id, s.identifier, s.status.value) for s in (*created, *fired, *fired_errors)]
+        return Completion(values["status"], dispatches, new_states)
 
     def _fire(
         self,
