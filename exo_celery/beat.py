@@ -70,6 +70,8 @@ class Beat:
                     why,
                 )
             publish(self.app, self.settings, [*due, *lost])
+            if due or lost:
+                log.info("released %d due state(s), re-sent %d lost or orphaned state(s)", len(due), len(lost))
         if now - self._last_purge >= PURGE_EVERY:
             self._last_purge = now
             purged = self.repo.purge_finished_runs(now - self.settings.retention_seconds)
