@@ -1,0 +1,107 @@
+"""Scenario 7: secrets never leave the encrypted column (the other scenarios scan after themselves too).
+
+Every message and event that went through the broker is captured (Redis MONITOR), and after the runs
+the broker's keys, every ledger table (all columns), the worker and beat logs, the CLI's output and the
+client API's answers are searched for the secret value, in clear and inside base64 message bodies.
+Each scan is checked against a control value (a run id) that must be found, so a blind scan fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exo_celery import GraphNodeModel
+
+from ..support import Stack, run, uid
+from .harness import SECRET, Figures, Ledger, PrivateRedis, RedisTap, scan_secrets, start_workers, upsert
+
+QUICK_RETRY = {"max_retries": 1, "strategy": "FIXED", "backoff_factor": 100}
+
+
+def test_the_secret_value_appears_nowhere(fstack: Stack, private_redis: PrivateRedis, figures: Figures) -> None:
+    tap = RedisTap(private_redis)
+    ns = uid("secret")
+    ledger = Ledger(fstack.database_url or "")
+    upsert(
+        fstack,
+        ns,
+        "uses",
+        [
+            GraphNodeModel(node_name="FanOut", identifier="fan", inputs={"n": "5"}, next_nodes=["leak"]),
+            GraphNodeModel(node_name="Leak", identifier="leak", inputs={"mode": "ok"}, next_nodes=["work"]),
+            GraphNodeModel(
+                node_name="Work",
+                identifier="work",
+                inputs={"item": "${{ fan.outputs.item }}/${{ leak.outputs.text }}", "path": "/dev/null", "ms": "0"},
+            ),
+        ],
+        retry_policy=QUICK_RETRY,
+    )
+    # The node puts the secret in its exception: the error text is redacted before it is stored or logged.
+    upsert(
+        fstack,
+        ns,
+        "raises",
+        [GraphNodeModel(node_name="Leak", identifier="leak", inputs={"mode": "error"})],
+        retry_policy=QUICK_RETRY,
+    )
+    start_workers(fstack, ns, 1)
+    fstack.start_beat()
+    m = fstack.manager(ns)
+    ok, raises = (run(m.trigger(g))["run_id"] for g in ("uses", "raises"))
+    assert ledger.wait_runs([ok, raises], timeout=60) == {ok: "SUCCESS", raises: "FAILED"}
+
+    states = run(m.list_states(raises))
+    assert [s["status"] for s in states] == ["RETRY_CREATED", "ERRORED"]
+    assert all(s["error"] == "ValueError: upstream refused key ***" for s in states), states
+    graph = run(m.get_graph("uses"))
+    assert graph["secrets"] == {"api_key": "***"}
+    cipher = ledger.value("SELECT secrets_cipher FROM exo_graphs WHERE namespace = %s LIMIT 1", (ns,))
+    assert cipher and SECRET not in cipher
+
+    api = json.dumps([run(m.list_states(ok)), states, graph, run(m.get_run(ok)), run(m.list_runs())], default=str)
+    scan = scan_secrets(
+        fstack,
+        run_ids=[ok, raises],
+        namespace=ns,
+        redis_client=private_redis.client(),
+        tap_text=tap.text(),
+        extra={"client API answers": api},
+        full_cli=True,
+    )
+    figures.record(
+        "7-secrets",
+        runs=2,
+        places_scanned=sorted(scan.scanned),
+        bytes_scanned=sum(scan.scanned.values()),
+        places_with_the_secret=scan.found,
+    )
+    assert not scan.found, f"the secret leaked into {scan.found}"
+
+
+@pytest.mark.xfail(
+    reason="defect: a node output holding a secret value is stored in clear in exo_states.outputs (and in its "
+    "children's inputs); execute.run_node redacts errors and prune data before storing them, but not outputs "
+    "(list_states only masks them on the way out)",
+    strict=True,
+)
+def test_a_secret_returned_as_output_is_not_stored_in_clear(fstack: Stack) -> None:
+    ns = uid("outleak")
+    upsert(
+        fstack,
+        ns,
+        "g",
+        [
+            GraphNodeModel(node_name="Leak", identifier="leak", inputs={"mode": "output"}, next_nodes=["echo"]),
+            GraphNodeModel(node_name="Echo", identifier="echo", inputs={"text": "${{ leak.outputs.text }}"}),
+        ],
+    )
+    start_workers(fstack, ns, 1)
+    m = fstack.manager(ns)
+    run_id = run(m.trigger("g"))["run_id"]
+    assert run(m.wait(run_id, timeout=60))["status"] == "SUCCESS"
+    assert all(SECRET not in json.dumps(s) for s in run(m.list_states(run_id))), "list_states masks it"
+    stored = Ledger(fstack.database_url or "").rows("SELECT t::text FROM exo_states t WHERE run_id = %s", (run_id,))
+    assert not [r for r in stored if SECRET in r[0]], "the secret is stored in clear in the ledger"
