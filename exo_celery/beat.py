@@ -26,8 +26,8 @@ from .settings import Settings, load_settings
 
 log = logging.getLogger("exo_celery.beat")
 
-GRAPHS_REFRESH = 10.0  # seconds between reloads of the graphs that have cron triggers
 PURGE_EVERY = 60.0
+PURGE_BUDGET = 2.0  # seconds of purging per round at most; a full batch means more is due next round
 
 
 class Beat:
@@ -41,8 +41,7 @@ class Beat:
             self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown
         )
         self.cron_checked = time.time()
-        self._graphs: list[CompiledGraph] = []
-        self._graphs_at = 0.0
+        self._graphs: dict[tuple[str, str, int], CompiledGraph] = {}
         self._last_sweep = 0.0
         self._last_purge = 0.0
         self._managers: dict[str, StateManager] = {}
@@ -74,23 +73,33 @@ class Beat:
                 log.info("released %d due state(s), re-sent %d lost or orphaned state(s)", len(due), len(lost))
         if now - self._last_purge >= PURGE_EVERY:
             self._last_purge = now
-            purged = self.repo.purge_finished_runs(now - self.settings.retention_seconds)
+            purged, batch, started = 0, 500, time.monotonic()
+            while time.monotonic() - started < PURGE_BUDGET:
+                done = self.repo.purge_finished_runs(now - self.settings.retention_seconds, batch)
+                purged += done
+                if done < batch:
+                    break
+            else:
+                self._last_purge = 0.0  # not finished: carry on next tick
             if purged:
                 log.info("purged %d finished run(s) past retention", purged)
         return min(1.0, self.settings.sweep_interval)
 
     def fire_crons(self, now: float) -> int:
         """Trigger every graph whose cron time passed since the last check (once, across beats)."""
-        if now - self._graphs_at >= GRAPHS_REFRESH:
-            self._graphs_at = now
-            self._graphs = [
-                CompiledGraph.from_row(r) for r in self.repo.latest_graphs() if r["template"].get("triggers")
-            ]
+        # Reloaded every tick (one query) so a graph upserted just before a fire time fires at it.
+        graphs = []
+        for row in self.repo.latest_graphs():
+            if row["template"].get("triggers"):
+                key = (row["namespace"], row["name"], row["version"])
+                if key not in self._graphs:
+                    self._graphs[key] = CompiledGraph.from_row(row)
+                graphs.append(self._graphs[key])
         after = datetime.fromtimestamp(self.cron_checked, UTC)
         until = datetime.fromtimestamp(now, UTC)
         self.cron_checked = now
         fired = 0
-        for graph in self._graphs:
+        for graph in graphs:
             for trigger in graph.template.triggers:
                 for at in fire_times(trigger.expression, after, until):
                     fired += self._fire(graph, trigger.expression, at)

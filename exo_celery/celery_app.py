@@ -53,7 +53,10 @@ def make_app(settings: Settings, main: str = "exo_celery") -> Celery:
         task_default_queue=f"{settings.queue_prefix}.default",
         worker_hijack_root_logger=False,
         enable_utc=True,
+        worker_timer_precision=0.1,  # countdowns fire within ~0.1 s, also on pollers like the embedded broker
     )
+    if settings.is_embedded_broker:
+        app.conf.broker_transport = "exo_celery.embedded_transport:Transport"
     if is_rabbitmq(settings.broker) and settings.max_countdown > RABBITMQ_CONSUMER_TIMEOUT / 2:
         log.warning(
             "EXO_MAX_COUNTDOWN=%g s is close to RabbitMQ's default consumer_timeout (%g s): workers hold countdowns "

@@ -189,12 +189,6 @@ def stamp_node(identifier: str, path: Path, next_nodes: list[str] | None = None)
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Transitions.cancel and Transitions.complete race on PostgreSQL: children inserted by a "
-    "complete() that commits while cancel() runs are invisible to cancel's UPDATE, stay QUEUED and then execute "
-    "in the CANCELLED run",
-)
 def test_cancel_racing_a_completing_state_leaves_nothing_running(pg_stack: Stack, tmp_path: Path) -> None:
     """Deterministic replay of the race: the test holds the run row's lock so that a completing state's
     transaction (children already inserted) is still open when cancel() runs; then lets both finish."""

@@ -217,12 +217,6 @@ def test_recovery_time_with_default_settings(default_settings_scenario: DefaultS
     assert 15.0 <= r["recovery"] <= 30.0 + 5.0 + 5.0, r["recovery"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the embedded broker (kombu's filesystem transport) lets a worker read a message file that a "
-    "publisher has created but not yet written; the worker stops with 'Unrecoverable error: JSONDecodeError' "
-    "(celery/kombu#1551) and every run of the namespace hangs",
-)
 def test_embedded_worker_survives_a_burst_of_triggers(tmp_path: Path) -> None:
     """The embedded default, default settings: 500 runs triggered back to back from the client process."""
     stack = Stack("embedded-private", tmp_path / "home")

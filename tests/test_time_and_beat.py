@@ -164,11 +164,6 @@ def test_long_delays_wait_in_the_ledger_and_beat_releases_them_on_time(beat_stac
     assert statistics.median(lateness) <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Beat.fire_crons reloads graphs only every GRAPHS_REFRESH=10 s but checks each cron window "
-    "against the stale list, so a graph upserted less than 10 s before a cron time misses that firing",
-)
 def test_a_cron_graph_upserted_just_before_its_fire_time_fires_at_it(fresh_pg: Stack) -> None:
     """In-process Beat ticks at chosen times: a tick 5 s before a minute boundary, the upsert, a tick 1 s after."""
     settings = fresh_pg.settings()
@@ -270,11 +265,6 @@ def test_ledger_path_requeue_keeps_the_state_and_runs_its_child_once(beat_stack:
     assert count.read_text() == "2\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Beat.tick purges at most one batch of 500 runs (Repo.purge_finished_runs) per PURGE_EVERY=60 s, "
-    "so a ledger finishing more than ~8 runs/s piles up runs past retention for ever",
-)
 def test_beat_purges_a_backlog_of_expired_runs_promptly(fresh_pg: Stack) -> None:
     """520 finished runs past a 1 s retention; an in-process Beat ticking for 2.5 s must purge them all."""
     fresh_pg.extra.update(EXO_RETENTION_SECONDS="1")

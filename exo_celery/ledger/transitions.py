@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, insert, literal, or_, select, update
+from sqlalchemy import Connection, Engine, case, exists, insert, literal, or_, select, update
 
 from ..engine import (
     CompiledGraph,
@@ -112,6 +112,7 @@ class Transitions:
                         states.c.status == S.QUEUED.value,
                         states.c.due_at <= now + EARLY_TOLERANCE,
                         or_(states.c.lease_until.is_(None), states.c.lease_until < now),
+                        ~exists().where(runs.c.id == states.c.run_id, runs.c.status == RunStatus.CANCELLED.value),
                     )
                     .values(
                         lease_token=token,
@@ -133,9 +134,24 @@ class Transitions:
                     )
                 return "claimed", dict(row)
             current = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
+            if current is not None and current["status"] in (S.QUEUED.value, S.CREATED.value):
+                if self._cancelled_run(conn, dict(current), now):
+                    return "skip", None
         if current is not None and current["status"] == S.QUEUED.value and current["due_at"] > now:
             return "early", dict(current)
         return "skip", None
+
+    def _cancelled_run(self, conn: Connection, row: dict[str, Any], now: float) -> bool:
+        """True (and the state CANCELLED) when the state's run was cancelled while it waited."""
+        status = conn.execute(select(runs.c.status).where(runs.c.id == row["run_id"])).scalar()
+        if status != RunStatus.CANCELLED.value:
+            return False
+        conn.execute(
+            update(states)
+            .where(states.c.id == row["id"])
+            .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
+        )
+        return True
 
     def renew_leases(self, tokens: list[str]) -> None:
         """Extend the leases of states this process is still executing."""
@@ -287,8 +303,15 @@ class Transitions:
 
             run_delta = len(created) + len(fired) - (1 if leaving else 0)
             run_failed = failed_inc + len(fired_errors)
-            if run_delta or run_failed:
-                _move_run(conn, row["run_id"], run_delta, run_failed, now)
+            if run_delta or run_failed or created or fired:
+                # Locking the run row here orders this commit against a concurrent cancel: either
+                # cancel sees these new states, or this sees the run CANCELLED and cancels them.
+                if _move_run(conn, row["run_id"], run_delta, run_failed, now) == RunStatus.CANCELLED.value:
+                    new_ids = [x.id for x in (*created, *fired)]
+                    conn.execute(
+                        update(states).where(states.c.id.in_(new_ids)).values(status=S.CANCELLED.value, updated_at=now)
+                    )
+                    created, fired = [], []
             for s in (*created, *fired):
                 if s.status == S.QUEUED:
                     due = created_due if s in created else now
@@ -447,15 +470,22 @@ class Transitions:
                 raise NotFoundError(f"run {run_id!r} does not exist")
             if run["status"] in (RunStatus.SUCCESS.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value):
                 return dict(run)
-            conn.execute(
-                update(states)
-                .where(states.c.run_id == run_id, states.c.status.in_([S.CREATED.value, S.QUEUED.value]))
-                .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
-            )
+            # The run row first: a completion committing meanwhile either ran before this (and its
+            # children are visible to the next statement) or waits and then cancels its own children.
             conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id)
                 .values(status=RunStatus.CANCELLED.value, outstanding=0, finished_at=now)
+            )
+            pending = (
+                select(states.c.id)
+                .where(states.c.run_id == run_id, states.c.status.in_([S.CREATED.value, S.QUEUED.value]))
+                .with_for_update(skip_locked=True)  # a state being completed right now cancels its own children
+            )
+            conn.execute(
+                update(states)
+                .where(states.c.id.in_(pending.scalar_subquery()))
+                .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
             )
             return dict(conn.execute(select(runs).where(runs.c.id == run_id)).mappings().one())
 
@@ -560,11 +590,11 @@ def _insert_unique(conn: Connection, state: NewState, row: dict[str, Any], error
         return False
 
 
-def _move_run(conn: Connection, run_id: str, delta: int, failed: int, now: float) -> None:
-    """Adjust a run's counters; the transaction that empties it decides SUCCESS or FAILED."""
+def _move_run(conn: Connection, run_id: str, delta: int, failed: int, now: float) -> str | None:
+    """Adjust a run's counters (the transaction that empties it decides SUCCESS or FAILED); returns its status."""
     active = runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value])
     ends = active & (runs.c.outstanding + delta <= 0)
-    conn.execute(
+    return conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
         .values(
@@ -577,7 +607,8 @@ def _move_run(conn: Connection, run_id: str, delta: int, failed: int, now: float
             ),
             finished_at=case((ends, literal(now)), else_=runs.c.finished_at),
         )
-    )
+        .returning(runs.c.status)
+    ).scalar()
 
 
 def _read_store(conn: Connection, run_id: str) -> dict[str, str]:
