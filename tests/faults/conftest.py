@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,15 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
     return found
 
 
+def _redis_server_binary() -> None:
+    if shutil.which("redis-server") is None:
+        raise FileNotFoundError("redis-server is not on PATH (the fault suite runs private Redis servers)")
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A redis-server of this test's own, on a free port (the shared one on 6379 is never touched)."""
+    require("redis-server", _redis_server_binary)
     server = PrivateRedis(tmp_path / "redis")
     server.start()
     try:
@@ -54,6 +61,7 @@ def _kill_all(stack: Stack) -> None:
 def module_fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Like `fstack`, shared by the tests of one module (they start its worker and beat once)."""
     require("PostgreSQL", check_postgres)
+    require("redis-server", _redis_server_binary)
     folder = tmp_path_factory.mktemp("faults-module")
     server = PrivateRedis(folder / "redis")
     server.start()

@@ -65,7 +65,6 @@ class PrivateRedis:
         self.folder = folder
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -93,11 +92,6 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-        self.restarts += 1
 
     def stop(self) -> None:
         self.kill()
@@ -255,21 +249,21 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def fan_graph(n: int, path: str, ms: int = 0, identifier: str = "fan") -> list[GraphNodeModel]:
+def fan_graph(n: int, path: str, ms: int = 0) -> list[GraphNodeModel]:
     """fan (FanOut n) -> work (Work, one per item) -> gather (Gather, unites fan)."""
     return [
-        GraphNodeModel(node_name="FanOut", identifier=identifier, inputs={"n": str(n)}, next_nodes=["work"]),
+        GraphNodeModel(node_name="FanOut", identifier="fan", inputs={"n": str(n)}, next_nodes=["work"]),
         GraphNodeModel(
             node_name="Work",
             identifier="work",
-            inputs={"item": "${{ " + identifier + ".outputs.item }}", "path": path, "ms": str(ms)},
+            inputs={"item": "${{ fan.outputs.item }}", "path": path, "ms": str(ms)},
             next_nodes=["gather"],
         ),
         GraphNodeModel(
             node_name="Gather",
             identifier="gather",
             inputs={"values": "${{ work.outputs.item }}"},
-            unites=UnitesModel(identifier=identifier),
+            unites=UnitesModel(identifier="fan"),
         ),
     ]
 
@@ -290,7 +284,7 @@ class FanCheck:
         return self.status == "SUCCESS" and not (self.lost or self.duplicated or self.problems) and self.unites == 1
 
 
-def check_fan_run(ledger: Ledger, run_id: str, n: int, fan: str = "fan") -> FanCheck:
+def check_fan_run(ledger: Ledger, run_id: str, n: int) -> FanCheck:
     """Exactly-once in the ledger: n fan outputs, n SUCCESS work states (one per branch), one unite of n values."""
     problems: list[str] = []
     rows = ledger.rows("SELECT identifier, status, branch, outputs::text FROM exo_states WHERE run_id = %s", (run_id,))
@@ -300,7 +294,7 @@ def check_fan_run(ledger: Ledger, run_id: str, n: int, fan: str = "fan") -> FanC
     other = sorted({(i, s) for i, s in by if s != "SUCCESS"})
     if other:
         problems.append(f"states not SUCCESS: {[(i, s, len(by[(i, s)])) for i, s in other]}")
-    fan_branches = [b for b, _ in by.get((fan, "SUCCESS"), [])]
+    fan_branches = [b for b, _ in by.get(("fan", "SUCCESS"), [])]
     work = by.get(("work", "SUCCESS"), [])
     work_branches = Counter(b for b, _ in work)
     items = Counter(json.loads(o)["item"] for _, o in work)

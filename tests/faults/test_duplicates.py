@@ -32,6 +32,7 @@ from .harness import (
     effect_lines,
     fan_graph,
     scan_secrets,
+    soak,
     start_workers,
     upsert,
     wait_until,
@@ -50,7 +51,7 @@ def _snapshot(ledger: Ledger, run_id: str) -> list[tuple]:
 def test_every_message_published_three_times(fstack: Stack, private_redis: PrivateRedis, figures: Figures) -> None:
     """Each state's message goes out three times while the run is live (two workers race for them), and
     twice more for every state once the run is over: each item runs once, one unite, nothing changes after."""
-    width = 50
+    width = soak(50)
     ns = uid("dup")
     ledger = Ledger(fstack.database_url or "")
     effects = fstack.home / "effects"

@@ -15,7 +15,7 @@ from exo_celery import GraphNodeModel
 from exo_celery.celery_app import make_app
 
 from ..support import Proc, Stack, run, uid
-from .harness import Figures, Ledger, register, scan_secrets, upsert
+from .harness import Figures, Ledger, register, scan_secrets, soak, upsert
 
 
 @dataclass
@@ -58,7 +58,7 @@ def test_each_state_runs_on_a_worker_of_its_namespace(two: Two, figures: Figures
     for own, other in ((a, b), (b, a)):
         upsert(two.stack, own, "cross", _graph(own, other))
         m = two.stack.manager(own)
-        run_ids += [run(m.trigger("cross"))["run_id"] for _ in range(3)]
+        run_ids += [run(m.trigger("cross"))["run_id"] for _ in range(soak(3))]
     ledger = Ledger(two.stack.database_url or "")
     assert set(ledger.wait_runs(run_ids, timeout=60).values()) == {"SUCCESS"}
     rows = ledger.rows(
