@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 from datetime import UTC, datetime
 from functools import cached_property
@@ -13,13 +15,22 @@ from celery import Celery
 from .celery_app import make_app, publish
 from .crypto import REDACTED, decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
-from .errors import ConfigError, GraphValidationError, NotFoundError, TriggerError
+from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
 from .ledger.repo import Repo
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
 from .status import TERMINAL_RUNS, RunStatus, StateStatus
-from .validate import name_problem, validate_template
+from .validate import name_problem, store_key_problem, validate_template
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _check_id(kind: str, value: object) -> str:
+    """Run and state ids are 32 hex digits; anything else cannot exist."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise NotFoundError(f"{kind} {str(value)[:80]!r} does not exist")
+    return value
 
 
 def iso(ts: float | None) -> str | None:
@@ -164,6 +175,8 @@ class StateManager:
         return self._graph_view(graph.template, graph.version)
 
     def _load_graph(self, graph_name: str, version: int | None = None) -> CompiledGraph:
+        if name_problem("graph name", graph_name) is not None:
+            raise NotFoundError(f"graph {str(graph_name)[:80]!r} does not exist in namespace {self.namespace!r}")
         row = self.repo.load_graph(self.namespace, graph_name, version)
         if row is None:
             raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {self.namespace!r}")
@@ -193,11 +206,23 @@ class StateManager:
         cron_key: str | None = None,
     ) -> dict[str, Any]:
         """Blocking form of `trigger`; `cron_key` makes a cron firing happen once."""
+        problems: list[str] = []
+        for kind, given in (("inputs", inputs), ("store", store)):
+            if given is not None and not isinstance(given, dict):
+                problems.append(f"{kind} must be a dict of strings, got {type(given).__name__}")
+        if not isinstance(start_delay, (int, float)) or not math.isfinite(start_delay) or start_delay < 0:
+            problems.append(f"start_delay must be a finite number of milliseconds >= 0, got {start_delay!r}")
+        if problems:
+            raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
         graph = self._load_graph(graph_name)
         inputs, store = dict(inputs or {}), dict(store or {})
-        problems: list[str] = []
         for kind, values in (("input", inputs), ("store", store)):
             for key, value in values.items():
+                if kind == "store" and (problem := store_key_problem(key)) is not None:
+                    problems.append(problem)
+                    continue
+                if isinstance(value, str) and "\x00" in value:
+                    problems.append(f"{kind} {key!r} contains a NUL character")
                 if not isinstance(key, str) or not key or (kind == "store" and "." in key):
                     problems.append(
                         f"{kind} key {key!r} must be a non-empty string" + (" without '.'" if kind == "store" else "")
@@ -217,8 +242,6 @@ class StateManager:
         missing = [k for k in graph.template.store_config.required_keys if k not in store]
         if missing:
             problems.append(f"required store key(s) missing: {missing}")
-        if not isinstance(start_delay, (int, float)) or start_delay < 0:
-            problems.append(f"start_delay must be a number of milliseconds >= 0, got {start_delay!r}")
         if problems:
             raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
         full_store = {**graph.template.store_config.default_values, **store}
@@ -257,7 +280,7 @@ class StateManager:
         return await asyncio.to_thread(self.get_run_sync, run_id)
 
     def get_run_sync(self, run_id: str) -> dict[str, Any]:
-        run = self.repo.get_run(run_id)
+        run = self.repo.get_run(_check_id("run", run_id))
         if run is None:
             raise NotFoundError(f"run {run_id!r} does not exist")
         return self._run_view(run, self.repo.state_counts(run_id))
@@ -282,6 +305,8 @@ class StateManager:
         return await asyncio.to_thread(self.list_runs_sync, graph_name, limit)
 
     def list_runs_sync(self, graph_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ExoError(f"limit must be a whole number from 1 to 100000, got {limit!r}")
         return [self._run_view(r, None) for r in self.repo.list_runs(self.namespace, graph_name, limit)]
 
     async def list_states(self, run_id: str) -> list[dict[str, Any]]:
@@ -289,7 +314,7 @@ class StateManager:
         return await asyncio.to_thread(self.list_states_sync, run_id)
 
     def list_states_sync(self, run_id: str) -> list[dict[str, Any]]:
-        run = self.repo.get_run(run_id)
+        run = self.repo.get_run(_check_id("run", run_id))
         if run is None:
             raise NotFoundError(f"run {run_id!r} does not exist")
         row = self.repo.load_graph(run["namespace"], run["graph_name"], run["graph_version"])
@@ -342,7 +367,7 @@ class StateManager:
         return await asyncio.to_thread(self.manual_retry_sync, state_id)
 
     def manual_retry_sync(self, state_id: str) -> dict[str, Any]:
-        created, dispatches = self.transitions.manual_retry(state_id)
+        created, dispatches = self.transitions.manual_retry(_check_id("state", state_id))
         self._publish(dispatches)
         return {
             "state_id": created["id"],
@@ -357,4 +382,4 @@ class StateManager:
         return await asyncio.to_thread(self.cancel_sync, run_id)
 
     def cancel_sync(self, run_id: str) -> dict[str, Any]:
-        return self._run_view(self.transitions.cancel(run_id), self.repo.state_counts(run_id))
+        return self._run_view(self.transitions.cancel(_check_id("run", run_id)), self.repo.state_counts(run_id))

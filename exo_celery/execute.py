@@ -98,7 +98,7 @@ def run_node(
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         if (data := as_prune(exc)) is not None:
-            return Outcome("prune", data=redact(data, hide))
+            return Outcome("prune", data=redact(json.loads(json.dumps(data, default=str)), hide))
         if (delay := as_requeue(exc)) is not None:
             return Outcome("requeue", delay=delay.total_seconds())
         return Outcome("error", error=redact(f"{type(exc).__name__}: {exc}", hide))
@@ -106,4 +106,5 @@ def run_node(
         outputs = _normalise(node_cls, result, max_output_bytes)
     except (ValueError, ValidationError) as exc:
         return Outcome("error", error=redact(str(exc), hide), retryable=False)
-    return Outcome("success", outputs=outputs, store_writes=store.written)
+    # A secret never reaches the ledger, not even when a node returns it.
+    return Outcome("success", outputs=redact(outputs, hide), store_writes=store.written)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from enum import Enum
 from typing import Any
@@ -159,6 +160,18 @@ def parse_graph_parts(
     policy = coerce(RetryPolicyModel, retry_policy, "retry_policy")
     store = coerce(StoreConfigModel, store_config, "store_config")
     parsed_triggers: list[CronTrigger] = []
+    if triggers is not None and not isinstance(triggers, (list, tuple)):
+        errors.append(f"triggers: expected a list of triggers, got {type(triggers).__name__}")
+        triggers = []
+    for node in nodes:
+        for field, value in node.inputs.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                errors.append(
+                    f"node {node.identifier!r}: input {field!r} must be a string (or JSON value), "
+                    f"got {type(value).__name__}"
+                )
     for i, raw in enumerate(triggers or []):
         try:
             parsed_triggers.append(parse_trigger(raw))

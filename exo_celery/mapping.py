@@ -42,7 +42,8 @@ def as_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)) or value is None:
         return "" if value is None else str(value)
-    return json.dumps(value, separators=(",", ":"))
+    # default=str: a value that is not JSON is rejected by validation; here it must not crash it.
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def scan_refs(value: Any) -> tuple[list[Ref], list[str]]:

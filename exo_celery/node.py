@@ -28,10 +28,10 @@ class Store(MutableMapping[str, str]):
         return self._values[key]
 
     def __setitem__(self, key: str, value: str) -> None:
-        if not isinstance(key, str) or not key or "." in key:
-            raise ValueError(f"store key must be a non-empty string without '.', got {key!r}")
-        if not isinstance(value, str):
-            raise TypeError(f"store value for {key!r} must be a str, got {type(value).__name__}")
+        if not isinstance(key, str) or not key or "." in key or "\x00" in key or len(key) > 256:
+            raise ValueError(f"store key must be 1-256 characters without '.' or NUL, got {str(key)[:60]!r}")
+        if not isinstance(value, str) or "\x00" in value:
+            raise TypeError(f"store value for {key!r} must be a str without NUL characters")
         self.written[key] = value
         if self._loaded is not None:
             self._loaded[key] = value

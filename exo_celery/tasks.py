@@ -56,9 +56,10 @@ class Heartbeat:
 class Worker:
     """What one worker process needs to execute states of its nodes."""
 
-    def __init__(self, app: Celery, settings: Settings, nodes: dict[str, type]) -> None:
+    def __init__(self, app: Celery, settings: Settings, nodes: dict[str, type], namespace: str | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.namespace = namespace
         self.nodes = nodes
         self.repo = Repo(settings.ledger_url)
         self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown)
@@ -78,10 +79,23 @@ class Worker:
             self._graphs[key] = cached
         return cached
 
+    def _record(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+        """Complete the state; if its outcome cannot be stored (not an outage), record it as ERRORED instead
+        of letting the lease expire and the state run again for ever."""
+        try:
+            done: Completion = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            log.error("state %s: outcome could not be recorded (%s); marking it ERRORED", row["id"], type(exc).__name__)
+            fallback = _unrecordable(exc)
+            done = _with_db_retry(lambda: self.transitions.complete(graph, row, token, fallback))
+        return done
+
     def run_state(self, state_id: str, run_id: str) -> None:
         """Execute one state; every step is safe to repeat for the same message."""
         token = new_id()
-        verdict, row = _with_db_retry(lambda: self.transitions.claim(state_id, token))
+        verdict, row = _with_db_retry(lambda: self.transitions.claim(state_id, token, self.namespace))
         if verdict == "skip" or row is None:
             log.debug("state %s: nothing to do (finished, cancelled or running elsewhere)", state_id)
             return
@@ -111,7 +125,7 @@ class Worker:
                     lambda: self.repo.read_store(row["run_id"]),
                     self.settings.max_output_bytes,
                 )
-            done: Completion = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
+            done = self._record(graph, row, token, outcome)
         finally:
             self.heartbeat.untrack(token)
         if done.status is None:
@@ -123,6 +137,11 @@ class Worker:
         for new_id_, identifier, status in done.created:
             _log_transition({**row, "id": new_id_, "identifier": identifier}, status)
         publish(self.app, self.settings, done.dispatches)
+
+
+def _unrecordable(exc: Exception) -> Outcome:
+    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300] if str(exc) else ""
+    return Outcome("error", retryable=False, error=f"the outcome could not be recorded: {type(exc).__name__}: {detail}")
 
 
 def _as_dispatch(row: dict[str, Any]) -> Dispatch:
@@ -164,7 +183,7 @@ def _with_db_retry(call: Any, attempts: int = 30) -> Any:
 
 def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: dict[str, type]) -> Worker:
     """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`."""
-    worker = Worker(app, settings, nodes)
+    worker = Worker(app, settings, nodes, namespace)
     for node_name in nodes:
         name = task_name(settings, namespace, node_name)
 

@@ -35,9 +35,20 @@ class ValidationReport:
         return self.errors + missing
 
 
+MAX_STORE_KEY = 256
+
+
+def store_key_problem(key: object) -> str | None:
+    """Why `key` cannot be a store key, or None."""
+    if not isinstance(key, str) or not key or "." in key or "\x00" in key or len(key) > MAX_STORE_KEY:
+        shown = key[:60] if isinstance(key, str) else key
+        return f"store key {shown!r} must be 1-{MAX_STORE_KEY} characters, without '.' or NUL"
+    return None
+
+
 def name_problem(kind: str, value: Any) -> str | None:
     """Why `value` cannot be a graph name, namespace or identifier, or None."""
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         shown = value if not isinstance(value, str) else value[:60]
         return f"{kind} {shown!r} must be 1-{MAX_NAME} letters, digits, '_' or '-'"
     return None
@@ -68,8 +79,11 @@ def validate_template(
         ("store_config.default_values", list(store_config.default_values)),
     ):
         for key in keys:
-            if not key or "." in key:
-                errors.append(f"{where}: store key {key!r} must be non-empty and contain no '.'")
+            if (problem := store_key_problem(key)) is not None:
+                errors.append(f"{where}: {problem}")
+    for key, value in store_config.default_values.items():
+        if "\x00" in value:
+            errors.append(f"store_config.default_values: value of {key!r} contains a NUL character")
     for i, t in enumerate(triggers):
         if (problem := cron_problem(t.expression)) is not None:
             errors.append(f"triggers[{i}]: {problem}")

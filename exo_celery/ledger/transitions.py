@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, exists, insert, literal, or_, select, update
+from sqlalchemy import Connection, Engine, case, exists, insert, literal, or_, select, true, update
 
 from ..engine import (
     CompiledGraph,
@@ -100,8 +100,11 @@ class Transitions:
         return S.QUEUED if due_at - now <= self.max_countdown else S.CREATED
 
     # -- claiming ---------------------------------------------------------
-    def claim(self, state_id: str, token: str) -> tuple[str, dict[str, Any] | None]:
-        """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None)."""
+    def claim(self, state_id: str, token: str, namespace: str | None = None) -> tuple[str, dict[str, Any] | None]:
+        """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None).
+
+        With `namespace`, only a state of that namespace is claimed (a misrouted message is ignored).
+        """
         now = time.time()
         with self.engine.begin() as conn:
             row = (
@@ -113,6 +116,7 @@ class Transitions:
                         states.c.due_at <= now + EARLY_TOLERANCE,
                         or_(states.c.lease_until.is_(None), states.c.lease_until < now),
                         ~exists().where(runs.c.id == states.c.run_id, runs.c.status == RunStatus.CANCELLED.value),
+                        states.c.namespace == namespace if namespace is not None else true(),
                     )
                     .values(
                         lease_token=token,
@@ -197,7 +201,7 @@ class Transitions:
                     for output_state in finished:
                         output_state.inputs = row["inputs"]
                 except PlanError as exc:
-                    values.update(status=S.NEXT_CREATED_ERROR.value, error=str(exc))
+                    values.update(status=S.NEXT_CREATED_ERROR.value, error=_text(str(exc)))
                     failed_inc = 1
             elif outcome.kind == "requeue":
                 due = now + outcome.delay
@@ -208,7 +212,7 @@ class Transitions:
                 pruned_inc = 1
             else:
                 policy = graph.template.retry_policy
-                values["error"] = outcome.error
+                values["error"] = _text(outcome.error)
                 if outcome.retryable and row["retry_count"] < policy.max_retries:
                     due = now + policy.compute_delay(row["retry_count"] + 1) / 1000.0
                     values["status"] = S.RETRY_CREATED.value
@@ -524,10 +528,11 @@ class Transitions:
             )
             .limit(limit)
         )
+        # A backlog can look lost too: each re-send pushes the next one a lease further away.
         found += self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(lost.scalar_subquery()), states.c.lease_until.is_(None))
-            .values(dispatched_at=now),
+            .values(dispatched_at=now + self.lease_seconds),
             now,
         )
         return found
@@ -550,6 +555,11 @@ class Transitions:
                 .all()
             )
         return [_dispatch(dict(r)) for r in rows]
+
+
+def _text(value: str | None) -> str | None:
+    """Text the ledger can store: PostgreSQL text cannot hold NUL characters."""
+    return None if value is None else value.replace("\x00", "\\x00")
 
 
 def _fresh_id() -> str:

@@ -124,31 +124,16 @@ def test_a_failing_node_ends_its_run_at_once(setup: Setup) -> None:
     assert "cannot parse 'x'" in states[0]["error"]
 
 
-@pytest.mark.xfail(
-    reason="defect: an error text holding a NUL byte cannot be stored (PostgreSQL text), so complete() raises, "
-    "the lease expires, the sweep re-sends the state and it runs again, forever; the run never ends",
-    strict=True,
-)
 def test_error_text_with_a_nul_byte_ends_the_run(setup: Setup) -> None:
     status, states = _probe(setup, "nul-error")
     assert status == "FAILED", states
 
 
-@pytest.mark.xfail(
-    reason="defect: a store value holding a NUL byte (accepted by Store.__setitem__) cannot be written to "
-    "PostgreSQL, so complete() raises and the state is re-run forever; the run never ends",
-    strict=True,
-)
 def test_store_value_with_a_nul_byte_ends_the_run(setup: Setup) -> None:
     status, states = _probe(setup, "nul-store")
     assert status in {"SUCCESS", "FAILED"}, states
 
 
-@pytest.mark.xfail(
-    reason="defect: PruneSignal data that is not JSON (a datetime) makes complete() raise a serialisation "
-    "error; the state is re-run forever and the run never ends",
-    strict=True,
-)
 def test_prune_data_that_is_not_json_ends_the_run(setup: Setup) -> None:
     status, states = _probe(setup, "prune-datetime")
     assert status in {"SUCCESS", "FAILED"}, states

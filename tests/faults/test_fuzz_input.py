@@ -355,25 +355,14 @@ def _rejected_cleanly(fuzz: Fuzz, call: Any, error: type[ExoError]) -> None:
     assert fuzz.ledger.table_counts() == before
 
 
-@pytest.mark.xfail(
-    reason="defect: a store key over 256 characters reaches PostgreSQL (DataError, not an ExoError)", strict=True
-)
 def test_trigger_store_key_over_256_characters_is_a_trigger_error(fuzz: Fuzz) -> None:
     _rejected_cleanly(fuzz, lambda: fuzz.manager.trigger_sync("target", store={"r": "1", "k" * 300: "v"}), TriggerError)
 
 
-@pytest.mark.xfail(
-    reason="defect: a NUL byte in a store value reaches PostgreSQL (DataError, not an ExoError)", strict=True
-)
 def test_trigger_store_value_with_nul_byte_is_a_trigger_error(fuzz: Fuzz) -> None:
     _rejected_cleanly(fuzz, lambda: fuzz.manager.trigger_sync("target", store={"r": "a\x00b"}), TriggerError)
 
 
-@pytest.mark.xfail(
-    reason="defect: store_config default_values with a NUL byte or a key over 256 characters are accepted by "
-    "upsert_graph, then every trigger of the graph fails with a DataError",
-    strict=True,
-)
 def test_store_defaults_postgres_cannot_hold_are_rejected_at_upsert(fuzz: Fuzz) -> None:
     for defaults in ({"k": "a\x00"}, {"k" * 300: "v"}):
         _rejected_cleanly(
@@ -389,7 +378,6 @@ def test_store_defaults_postgres_cannot_hold_are_rejected_at_upsert(fuzz: Fuzz) 
         )
 
 
-@pytest.mark.xfail(reason="defect: a template input that is not JSON (datetime, bytes) raises TypeError", strict=True)
 def test_template_input_that_is_not_json_is_a_validation_error(fuzz: Fuzz) -> None:
     for value in (dt.datetime(2024, 1, 1), b"\xff", {1, 2}):
         _rejected_cleanly(
@@ -401,9 +389,6 @@ def test_template_input_that_is_not_json_is_a_validation_error(fuzz: Fuzz) -> No
         )
 
 
-@pytest.mark.xfail(
-    reason="defect: secrets that are not a dict, or triggers that are not a list, raise TypeError", strict=True
-)
 def test_secrets_and_triggers_of_the_wrong_type_are_validation_errors(fuzz: Fuzz) -> None:
     graph = [{"node_name": "Echo", "identifier": "a", "inputs": {"text": "x"}}]
     _rejected_cleanly(
@@ -418,17 +403,11 @@ def test_secrets_and_triggers_of_the_wrong_type_are_validation_errors(fuzz: Fuzz
     )  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(reason="defect: trigger inputs/store that are not dicts raise ValueError/TypeError", strict=True)
 def test_trigger_inputs_that_are_not_a_dict_are_a_trigger_error(fuzz: Fuzz) -> None:
     _rejected_cleanly(fuzz, lambda: fuzz.manager.trigger_sync("target", inputs="text", store={"r": "1"}), TriggerError)  # type: ignore[arg-type]
     _rejected_cleanly(fuzz, lambda: fuzz.manager.trigger_sync("target", store=["r"]), TriggerError)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    reason="defect: start_delay NaN or infinity is accepted; with NaN the root state is never claimed nor "
-    "recovered (every comparison with NaN is false) and the run stays PENDING forever",
-    strict=True,
-)
 def test_non_finite_start_delay_is_a_trigger_error(fuzz: Fuzz) -> None:
     for delay in (math.nan, math.inf):
         _rejected_cleanly(
@@ -436,11 +415,6 @@ def test_non_finite_start_delay_is_a_trigger_error(fuzz: Fuzz) -> None:
         )
 
 
-@pytest.mark.xfail(
-    reason="defect: name_problem() uses IDENTIFIER.match with '$', which also matches before a trailing newline: "
-    "graph names, identifiers and namespaces ending in '\\n' are accepted",
-    strict=True,
-)
 def test_names_with_a_trailing_newline_are_rejected(fuzz: Fuzz) -> None:
     _rejected_cleanly(
         fuzz,
@@ -451,11 +425,6 @@ def test_names_with_a_trailing_newline_are_rejected(fuzz: Fuzz) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="defect: read methods given an id with a NUL byte, or list_runs given a negative limit, raise "
-    "sqlalchemy DataError instead of NotFoundError / an ExoError",
-    strict=True,
-)
 def test_reads_with_odd_ids_raise_exo_errors(fuzz: Fuzz) -> None:
     m = fuzz.manager
     for call in (

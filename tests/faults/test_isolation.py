@@ -80,11 +80,6 @@ def test_each_state_runs_on_a_worker_of_its_namespace(two: Two, figures: Figures
     assert not scan.found, f"the secret leaked into {scan.found}"
 
 
-@pytest.mark.xfail(
-    reason="defect: Worker.run_state claims a state by id whatever its namespace; a message for another "
-    "namespace's state under this worker's task name makes it run that state with its own node class",
-    strict=True,
-)
 def test_a_misrouted_message_does_not_run_another_namespaces_state(two: Two, module_fstack: Stack) -> None:
     a, b = two.ns
     stack = two.stack

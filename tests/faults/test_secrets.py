@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from exo_celery import GraphNodeModel
 
 from ..support import Stack, run, uid
@@ -81,12 +79,6 @@ def test_the_secret_value_appears_nowhere(fstack: Stack, private_redis: PrivateR
     assert not scan.found, f"the secret leaked into {scan.found}"
 
 
-@pytest.mark.xfail(
-    reason="defect: a node output holding a secret value is stored in clear in exo_states.outputs (and in its "
-    "children's inputs); execute.run_node redacts errors and prune data before storing them, but not outputs "
-    "(list_states only masks them on the way out)",
-    strict=True,
-)
 def test_a_secret_returned_as_output_is_not_stored_in_clear(fstack: Stack) -> None:
     ns = uid("outleak")
     upsert(
