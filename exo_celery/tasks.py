@@ -15,7 +15,7 @@ from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
 from .execute import run_node
 from .ledger.repo import Repo
-from .ledger.transitions import MAX_DELIVERIES, Completion, Dispatch, Outcome, Transitions
+from .ledger.transitions import MAX_DELIVERIES, Completion, Outcome, Transitions, dispatch_of
 from .settings import Settings
 
 log = logging.getLogger("exo_celery.worker")
@@ -100,7 +100,7 @@ class Worker:
             log.debug("state %s: nothing to do (finished, cancelled or running elsewhere)", state_id)
             return
         if verdict == "early":
-            publish(self.app, self.settings, [_as_dispatch(row)])
+            publish(self.app, self.settings, [dispatch_of(row)])
             return
         node_cls = self.nodes.get(row["node_name"])
         graph, secrets = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
@@ -142,18 +142,6 @@ class Worker:
 def _unrecordable(exc: Exception) -> Outcome:
     detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300] if str(exc) else ""
     return Outcome("error", retryable=False, error=f"the outcome could not be recorded: {type(exc).__name__}: {detail}")
-
-
-def _as_dispatch(row: dict[str, Any]) -> Dispatch:
-    return Dispatch(
-        row["id"],
-        row["run_id"],
-        row["namespace"],
-        row["node_name"],
-        row["graph_name"],
-        row["identifier"],
-        row["due_at"],
-    )
 
 
 def _log_transition(row: dict[str, Any], status: str, error: str | None = None) -> None:

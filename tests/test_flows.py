@@ -17,6 +17,24 @@ def states_by_id(manager, run_id):  # type: ignore[no-untyped-def]
     return result
 
 
+def check_and_collect(items: list[str], strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -> list:  # type: ignore[type-arg]
+    """split -> check (Prune: 'p*' prunes, 'x*' fails, else passes) -> collect (unites split)."""
+    return [
+        GraphNodeModel(
+            node_name="Split", identifier="split", inputs={"items": json.dumps(items)}, next_nodes=["check"]
+        ),
+        GraphNodeModel(
+            node_name="Prune", identifier="check", inputs={"item": "${{ split.outputs.item }}"}, next_nodes=["collect"]
+        ),
+        GraphNodeModel(
+            node_name="Collect",
+            identifier="collect",
+            inputs={"values": "${{ check.outputs.result }}"},
+            unites=UnitesModel(identifier="split", strategy=strategy),
+        ),
+    ]
+
+
 def test_linear_graph_maps_outputs_and_keeps_text_around_placeholders(stack: Stack) -> None:
     m = stack.manager(NS)
     name = uid()
@@ -212,26 +230,7 @@ def test_unite_all_done_fires_after_errors_and_run_fails(stack: Stack) -> None:
     run(
         m.upsert_graph(
             name,
-            [
-                GraphNodeModel(
-                    node_name="Split",
-                    identifier="split",
-                    inputs={"items": '["a", "x1", "b", "p1"]'},
-                    next_nodes=["check"],
-                ),
-                GraphNodeModel(
-                    node_name="Prune",
-                    identifier="check",
-                    inputs={"item": "${{ split.outputs.item }}"},
-                    next_nodes=["collect"],
-                ),
-                GraphNodeModel(
-                    node_name="Collect",
-                    identifier="collect",
-                    inputs={"values": "${{ check.outputs.result }}"},
-                    unites=UnitesModel(identifier="split", strategy=UnitesStrategyEnum.ALL_DONE),
-                ),
-            ],
+            check_and_collect(["a", "x1", "b", "p1"], UnitesStrategyEnum.ALL_DONE),
             secrets={},
             retry_policy={"max_retries": 0},
         )
@@ -250,23 +249,7 @@ def test_unite_all_success_never_fires_after_an_error_and_run_ends_failed(stack:
     run(
         m.upsert_graph(
             name,
-            [
-                GraphNodeModel(
-                    node_name="Split", identifier="split", inputs={"items": '["a", "x1", "p2"]'}, next_nodes=["check"]
-                ),
-                GraphNodeModel(
-                    node_name="Prune",
-                    identifier="check",
-                    inputs={"item": "${{ split.outputs.item }}"},
-                    next_nodes=["collect"],
-                ),
-                GraphNodeModel(
-                    node_name="Collect",
-                    identifier="collect",
-                    inputs={"values": "${{ check.outputs.result }}"},
-                    unites=UnitesModel(identifier="split"),
-                ),
-            ],
+            check_and_collect(["a", "x1", "p2"]),
             secrets={},
             retry_policy={"max_retries": 0},
         )
@@ -282,23 +265,7 @@ def test_unite_all_success_fires_when_branches_are_pruned(stack: Stack) -> None:
     run(
         m.upsert_graph(
             name,
-            [
-                GraphNodeModel(
-                    node_name="Split", identifier="split", inputs={"items": '["a", "p1", "b"]'}, next_nodes=["check"]
-                ),
-                GraphNodeModel(
-                    node_name="Prune",
-                    identifier="check",
-                    inputs={"item": "${{ split.outputs.item }}"},
-                    next_nodes=["collect"],
-                ),
-                GraphNodeModel(
-                    node_name="Collect",
-                    identifier="collect",
-                    inputs={"values": "${{ check.outputs.result }}"},
-                    unites=UnitesModel(identifier="split"),
-                ),
-            ],
+            check_and_collect(["a", "p1", "b"]),
             secrets={},
         )
     )

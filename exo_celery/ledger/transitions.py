@@ -71,7 +71,8 @@ class Completion:
     created: list[tuple[str, str, str]]
 
 
-def _dispatch(row: dict[str, Any]) -> Dispatch:
+def dispatch_of(row: dict[str, Any]) -> Dispatch:
+    """The message to publish for a state row."""
     return Dispatch(
         row["id"],
         row["run_id"],
@@ -247,7 +248,7 @@ class Transitions:
                 _write_store(conn, row["run_id"], outcome.store_writes)
             if outcome.kind == "requeue":
                 if values["status"] == S.QUEUED.value:
-                    dispatches.append(_dispatch({**row, "due_at": values["due_at"]}))
+                    dispatches.append(dispatch_of({**row, "due_at": values["due_at"]}))
             _insert_states(conn, finished, row, now, now)
             _insert_states(conn, created, row, now, created_due)
 
@@ -463,7 +464,7 @@ class Transitions:
                 )
             )
             created = conn.execute(select(states).where(states.c.id == retry.id)).mappings().one()
-        return dict(created), [_dispatch(dict(created))]
+        return dict(created), [dispatch_of(dict(created))]
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         """Cancel a run: waiting states become CANCELLED; running ones finish without children."""
@@ -554,7 +555,7 @@ class Transitions:
                 .mappings()
                 .all()
             )
-        return [_dispatch(dict(r)) for r in rows]
+        return [dispatch_of(dict(r)) for r in rows]
 
 
 def _text(value: str | None) -> str | None:
