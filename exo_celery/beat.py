@@ -38,7 +38,7 @@ class Beat:
         self.app = app or make_app(self.settings, main="exo_celery.beat")
         self.repo = Repo(self.settings.ledger_url)
         self.transitions = Transitions(
-            self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown
+            self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown, worker=True
         )
         self.cron_checked = time.time()
         self._graphs: dict[tuple[str, str, int], CompiledGraph] = {}

@@ -177,13 +177,15 @@ class StateManager:
     def _load_graph(self, graph_name: str, version: int | None = None) -> CompiledGraph:
         if name_problem("graph name", graph_name) is not None:
             raise NotFoundError(f"graph {str(graph_name)[:80]!r} does not exist in namespace {self.namespace!r}")
-        row = self.repo.load_graph(self.namespace, graph_name, version)
+        if version is None:
+            version = self.repo.latest_version(self.namespace, graph_name)
+        compiled = self._compiled.get((graph_name, version or 0))
+        if compiled is not None:  # a stored version never changes
+            return compiled
+        row = self.repo.load_graph(self.namespace, graph_name, version) if version else None
         if row is None:
             raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {self.namespace!r}")
-        key = (graph_name, row["version"])
-        compiled = self._compiled.get(key)
-        if compiled is None:  # a stored version never changes
-            compiled = self._compiled[key] = CompiledGraph.from_row(row)
+        compiled = self._compiled[(graph_name, row["version"])] = CompiledGraph.from_row(row)
         return compiled
 
     # -- runs ---------------------------------------------------------------

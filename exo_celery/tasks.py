@@ -62,7 +62,7 @@ class Worker:
         self.namespace = namespace
         self.nodes = nodes
         self.repo = Repo(settings.ledger_url)
-        self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown)
+        self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown, worker=True)
         self.heartbeat = Heartbeat(self.transitions, max(0.5, settings.lease_seconds / 3))
         self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str]]] = {}
 

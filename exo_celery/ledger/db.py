@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -32,21 +32,29 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def get_engine(url: str) -> Engine:
-    """The engine for `url` in this process (a forked worker child gets its own)."""
-    key = (os.getpid(), url)
+def get_engine(url: str, *, worker: bool = False) -> Engine:
+    """The engine for `url` in this process (a forked worker child gets its own).
+
+    `worker=True` gives the engine for state transitions in workers and beat: on PostgreSQL it
+    commits without waiting for the WAL flush (`synchronous_commit=off`) and skips the per-checkout
+    ping. A database crash can then forget the last fraction of a second of transitions; those states
+    are still QUEUED with a lease in the recovered ledger and beat re-sends them, so effects stay
+    exactly-once (the node may run again, as with any at-least-once delivery). A lost connection is
+    retried by the worker.
+    """
+    key = (os.getpid(), url, worker)
     engine = _engines.get(key)
     if engine is not None:
         return engine
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _create(url)
+            engine = _create(url, worker)
             _engines[key] = engine
     return engine
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, worker: bool = False) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -54,7 +62,12 @@ def _create(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _tune_sqlite(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        if worker:
+            engine = create_engine(
+                url, pool_size=5, max_overflow=10, connect_args={"options": "-c synchronous_commit=off"}
+            )
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     _create_tables(engine)
     return engine
 

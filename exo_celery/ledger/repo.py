@@ -120,6 +120,14 @@ class Repo:
                     continue  # a concurrent upsert took this version number
         raise RuntimeError(f"could not store graph {name!r}: too many concurrent upserts")
 
+    def latest_version(self, namespace: str, name: str) -> int | None:
+        """The newest version number of a graph (cheap: no template), or None."""
+        with self.engine.connect() as conn:
+            version: int | None = conn.execute(
+                select(func.max(graphs.c.version)).where(graphs.c.namespace == namespace, graphs.c.name == name)
+            ).scalar()
+            return version
+
     def load_graph(self, namespace: str, name: str, version: int | None = None) -> dict[str, Any] | None:
         """A template row (latest version unless given), or None."""
         q = select(graphs).where(graphs.c.namespace == namespace, graphs.c.name == name)
@@ -165,26 +173,26 @@ class Repo:
         Returns False when `cron_key` was already used (another beat fired it).
         """
         now = time.time()
+        run_row = insert(runs).values(
+            id=run_id,
+            namespace=namespace,
+            graph_name=graph_name,
+            graph_version=graph_version,
+            status=RunStatus.PENDING.value,
+            outstanding=1,
+            failed=0,
+            cron_key=cron_key,
+            created_at=now,
+        )
         with self.engine.begin() as conn:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(runs).values(
-                            id=run_id,
-                            namespace=namespace,
-                            graph_name=graph_name,
-                            graph_version=graph_version,
-                            status=RunStatus.PENDING.value,
-                            outstanding=1,
-                            failed=0,
-                            cron_key=cron_key,
-                            created_at=now,
-                        )
-                    )
-            except IntegrityError:
-                if cron_key is None:
-                    raise
-                return False
+            if cron_key is None:
+                conn.execute(run_row)
+            else:
+                try:
+                    with conn.begin_nested():  # the unique cron key: losing the race is expected
+                        conn.execute(run_row)
+                except IntegrityError:
+                    return False
             if store_values:
                 conn.execute(insert(store), [{"run_id": run_id, "key": k, "value": v} for k, v in store_values.items()])
             context = {

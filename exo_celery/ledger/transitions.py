@@ -87,14 +87,15 @@ def dispatch_of(row: dict[str, Any]) -> Dispatch:
 class Transitions:
     """Every status change of states and runs."""
 
-    def __init__(self, url: str, lease_seconds: float, max_countdown: float) -> None:
+    def __init__(self, url: str, lease_seconds: float, max_countdown: float, *, worker: bool = False) -> None:
         self.url = url
+        self.worker = worker
         self.lease_seconds = lease_seconds
         self.max_countdown = max_countdown
 
     @property
     def engine(self) -> Engine:
-        return get_engine(self.url)
+        return get_engine(self.url, worker=self.worker)
 
     def _status_for_due(self, due_at: float, now: float) -> StateStatus:
         """QUEUED (sent now, with a countdown) when due soon enough; else CREATED (beat releases it)."""
