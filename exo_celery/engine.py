@@ -44,7 +44,7 @@ class Source:
     execution_id: str  # the state that executed (differs from `id` for fan-out outputs 1..n)
 
 
-@dataclass
+@dataclass(eq=False)
 class NewState:
     """A state row to insert."""
 

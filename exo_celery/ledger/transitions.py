@@ -318,12 +318,12 @@ class Transitions:
                         update(states).where(states.c.id.in_(new_ids)).values(status=S.CANCELLED.value, updated_at=now)
                     )
                     created, fired = [], []
-            for s in (*created, *fired):
-                if s.status == S.QUEUED:
-                    due = created_due if s in created else now
-                    dispatches.append(
-                        Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
-                    )
+            for batch, due in ((created, created_due), (fired, now)):
+                dispatches.extend(
+                    Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
+                    for s in batch
+                    if s.status == S.QUEUED
+                )
         new_states = [(s.id, s.identifier, s.status.value) for s in (*created, *fired, *fired_errors)]
         return Completion(values["status"], dispatches, new_states)
 
