@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,14 +220,13 @@ def plan_success(
 
     execution = Source(state.id, state.run_id, state.identifier, state.parents, state.scopes, state.branch, state.id)
     for barrier in topo.opened_by(state.identifier):
+        # One pass over the children per barrier (a join opens one scope per output: no rescans).
+        counts = Counter(c.scopes.get(barrier.node) for c in plan.children if c.identifier in barrier.region)
         # A unite opens its scope even when the execution returned no outputs: it fires at once.
         openers = sources if barrier.per_output else [execution]
         for src in openers:
             sid = scope_id(barrier, src)
-            count = sum(
-                1 for c in plan.children if c.identifier in barrier.region and c.scopes.get(barrier.node) == sid
-            )
-            plan.opens.append(ScopeOpen(sid, barrier.node, count, src.id))
+            plan.opens.append(ScopeOpen(sid, barrier.node, counts[sid], src.id))
     return plan
 
 
