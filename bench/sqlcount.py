@@ -26,9 +26,12 @@ _writer_pid = 0
 _lock = threading.Lock()
 
 
+_KINDS = {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "SAVEPOINT", "RELEASE"}
+
+
 def _kind(statement: str) -> str:
     word = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
-    return word if word in {"SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "SAVEPOINT", "RELEASE"} else "OTHER"
+    return word if word in _KINDS else "OTHER"
 
 
 def _ensure_writer() -> None:
@@ -71,8 +74,10 @@ def _on_checkout(*_: Any) -> None:
     _counts["checkouts"] += 1
 
 
-def _on_commit(*_: Any) -> None:
-    _counts["commits"] += 1
+def _on_commit(conn: Any) -> None:
+    # An autocommit connection's statements commit on their own: no BEGIN or COMMIT is sent.
+    autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    _counts["autocommits" if autocommit else "commits"] += 1
 
 
 def _on_rollback(*_: Any) -> None:

@@ -17,7 +17,7 @@ from .crypto import REDACTED, decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
-from .ledger.repo import Repo
+from .ledger.repo import NewRun, Repo
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
 from .status import TERMINAL_RUNS, RunStatus, StateStatus
@@ -31,6 +31,25 @@ def _check_id(kind: str, value: object) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise NotFoundError(f"{kind} {str(value)[:80]!r} does not exist")
     return value
+
+
+def _value_problems(inputs: dict[Any, Any], store: dict[Any, Any]) -> list[str]:
+    """What is wrong with a trigger's input and store keys and values (strings, no NUL, store key rules)."""
+    problems: list[str] = []
+    for kind, values in (("input", inputs), ("store", store)):
+        for key, value in values.items():
+            if kind == "store" and (problem := store_key_problem(key)) is not None:
+                problems.append(problem)
+                continue
+            if isinstance(value, str) and "\x00" in value:
+                problems.append(f"{kind} {key!r} contains a NUL character")
+            if not isinstance(key, str) or not key or (kind == "store" and "." in key):
+                problems.append(
+                    f"{kind} key {key!r} must be a non-empty string" + (" without '.'" if kind == "store" else "")
+                )
+            if not isinstance(value, str):
+                problems.append(f"{kind} {key!r} must be a string, got {type(value).__name__}")
+    return problems
 
 
 def iso(ts: float | None) -> str | None:
@@ -174,9 +193,13 @@ class StateManager:
         graph = self._load_graph(graph_name)
         return self._graph_view(graph.template, graph.version)
 
-    def _load_graph(self, graph_name: str, version: int | None = None) -> CompiledGraph:
+    def _check_graph_name(self, graph_name: str) -> None:
+        """A name that is not a valid graph name cannot exist (and is not sent to the database)."""
         if name_problem("graph name", graph_name) is not None:
             raise NotFoundError(f"graph {str(graph_name)[:80]!r} does not exist in namespace {self.namespace!r}")
+
+    def _load_graph(self, graph_name: str, version: int | None = None) -> CompiledGraph:
+        self._check_graph_name(graph_name)
         if version is None:
             version = self.repo.latest_version(self.namespace, graph_name)
         compiled = self._compiled.get((graph_name, version or 0))
@@ -216,66 +239,52 @@ class StateManager:
             problems.append(f"start_delay must be a finite number of milliseconds >= 0, got {start_delay!r}")
         if problems:
             raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
-        graph = self._load_graph(graph_name)
         inputs, store = dict(inputs or {}), dict(store or {})
-        for kind, values in (("input", inputs), ("store", store)):
-            for key, value in values.items():
-                if kind == "store" and (problem := store_key_problem(key)) is not None:
-                    problems.append(problem)
-                    continue
-                if isinstance(value, str) and "\x00" in value:
-                    problems.append(f"{kind} {key!r} contains a NUL character")
-                if not isinstance(key, str) or not key or (kind == "store" and "." in key):
-                    problems.append(
-                        f"{kind} key {key!r} must be a non-empty string" + (" without '.'" if kind == "store" else "")
-                    )
-                if not isinstance(value, str):
-                    problems.append(f"{kind} {key!r} must be a string, got {type(value).__name__}")
-        root = graph.topology.nodes[graph.topology.root]
-        known_inputs: list[str] = []
-        if inputs:
-            schema = self.repo.registry({(graph.namespace_of(root.identifier), root.node_name)})
-            known_inputs = next(iter(schema.values()))["inputs"] if schema else list(root.inputs)
-        for key in inputs:
-            if key not in known_inputs:
-                problems.append(
-                    f"input {key!r} is not an input of the root node {root.identifier!r} ({root.node_name})"
-                )
-        missing = [k for k in graph.template.store_config.required_keys if k not in store]
-        if missing:
-            problems.append(f"required store key(s) missing: {missing}")
-        if problems:
-            raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
-        full_store = {**graph.template.store_config.default_values, **store}
-        run_id = new_id()
-        try:
-            root_state = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store)
-        except PlanError as exc:
-            raise TriggerError(f"cannot trigger graph {graph_name!r}: {exc}") from exc
-        now = time.time()
-        due_at = now + start_delay / 1000.0
-        if due_at - now > self.settings.max_countdown:
-            root_state.status = StateStatus.CREATED
-        created = self.repo.create_run(
-            run_id, self.namespace, graph_name, graph.version, root_state, full_store, due_at, cron_key
-        )
-        if not created:
+        value_problems = _value_problems(inputs, store)
+        self._check_graph_name(graph_name)
+
+        def prepare(version: int) -> NewRun:
+            graph = self._load_graph(graph_name, version)
+            problems = [*value_problems, *self._input_problems(graph, inputs)]
+            missing = [k for k in graph.template.store_config.required_keys if k not in store]
+            if missing:
+                problems.append(f"required store key(s) missing: {missing}")
+            if problems:
+                raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
+            full_store = {**graph.template.store_config.default_values, **store}
+            run_id = new_id()
+            try:
+                root = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store)
+            except PlanError as exc:
+                raise TriggerError(f"cannot trigger graph {graph_name!r}: {exc}") from exc
+            now = time.time()
+            due_at = now + start_delay / 1000.0
+            if due_at - now > self.settings.max_countdown:
+                root.status = StateStatus.CREATED
+            return NewRun(run_id, root, full_store, due_at)
+
+        run = self.repo.create_run(self.namespace, graph_name, prepare, cron_key)
+        if run is None:
             return {"status": "DUPLICATE", "run_id": None, "graph_name": graph_name, "namespace": self.namespace}
-        if root_state.status == StateStatus.QUEUED:
+        root, run_id = run.root, run.run_id
+        if root.status == StateStatus.QUEUED:
             self._publish(
-                [
-                    Dispatch(
-                        root_state.id,
-                        run_id,
-                        root_state.namespace,
-                        root_state.node_name,
-                        graph_name,
-                        root_state.identifier,
-                        due_at,
-                    )
-                ]
+                [Dispatch(root.id, run_id, root.namespace, root.node_name, graph_name, root.identifier, run.due_at)]
             )
         return {"status": "CREATED", "run_id": run_id, "graph_name": graph_name, "namespace": self.namespace}
+
+    def _input_problems(self, graph: CompiledGraph, inputs: dict[str, Any]) -> list[str]:
+        """Trigger inputs that the root node does not take (its registered schema, else the template's)."""
+        if not inputs:
+            return []
+        root = graph.topology.nodes[graph.topology.root]
+        schema = self.repo.registry({(graph.namespace_of(root.identifier), root.node_name)})
+        known = next(iter(schema.values()))["inputs"] if schema else list(root.inputs)
+        return [
+            f"input {key!r} is not an input of the root node {root.identifier!r} ({root.node_name})"
+            for key in inputs
+            if key not in known
+        ]
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         """A run's status and its states counted by status."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..engine import NewState
+from ..errors import NotFoundError
 from ..status import TERMINAL_RUNS, RunStatus, StateStatus
 from .db import get_engine
+from .statements import INSERT_RUN, INSERT_STATES, INSERT_STORE, LATEST_VERSION
 from .tables import graphs, nodes, runs, scopes, states, store
 
 
@@ -45,6 +49,16 @@ def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) ->
         "created_at": now,
         "updated_at": now,
     }
+
+
+@dataclass
+class NewRun:
+    """A run to insert: its id, root state, full store and when the root is due."""
+
+    run_id: str
+    root: NewState
+    store_values: dict[str, str]
+    due_at: float
 
 
 class Repo:
@@ -123,9 +137,7 @@ class Repo:
     def latest_version(self, namespace: str, name: str) -> int | None:
         """The newest version number of a graph (cheap: no template), or None."""
         with self.engine.connect() as conn:
-            version: int | None = conn.execute(
-                select(func.max(graphs.c.version)).where(graphs.c.namespace == namespace, graphs.c.name == name)
-            ).scalar()
+            version: int | None = conn.execute(LATEST_VERSION, {"p_namespace": namespace, "p_name": name}).scalar()
             return version
 
     def load_graph(self, namespace: str, name: str, version: int | None = None) -> dict[str, Any] | None:
@@ -158,51 +170,56 @@ class Repo:
 
     # -- runs ------------------------------------------------------------
     def create_run(
-        self,
-        run_id: str,
-        namespace: str,
-        graph_name: str,
-        graph_version: int,
-        root: NewState,
-        store_values: dict[str, str],
-        due_at: float,
-        cron_key: str | None = None,
-    ) -> bool:
-        """Insert a run, its store and its root state in one transaction.
+        self, namespace: str, graph_name: str, prepare: Callable[[int], NewRun], cron_key: str | None = None
+    ) -> NewRun | None:
+        """Insert a run of the newest version of a graph, with its store and its root state, in one transaction.
 
-        Returns False when `cron_key` was already used (another beat fired it).
+        `prepare(version)` builds the run (raising inserts nothing). Returns None when `cron_key` was
+        already used (another beat fired it).
         """
-        now = time.time()
-        run_row = insert(runs).values(
-            id=run_id,
-            namespace=namespace,
-            graph_name=graph_name,
-            graph_version=graph_version,
-            status=RunStatus.PENDING.value,
-            outstanding=1,
-            failed=0,
-            cron_key=cron_key,
-            created_at=now,
-        )
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
+            version = conn.execute(LATEST_VERSION, {"p_namespace": namespace, "p_name": graph_name}).scalar()
+            conn.commit()  # `prepare` may read the ledger too, and SQLite allows one writer
+            if version is None:
+                raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {namespace!r}")
+            run = prepare(version)
+            conn.begin()
+            now = time.time()
+            run_row = {
+                "id": run.run_id,
+                "namespace": namespace,
+                "graph_name": graph_name,
+                "graph_version": version,
+                "status": RunStatus.PENDING.value,
+                "outstanding": 1,
+                "failed": 0,
+                "cron_key": cron_key,
+                "created_at": now,
+                "started_at": None,
+                "finished_at": None,
+            }
             if cron_key is None:
-                conn.execute(run_row)
+                conn.execute(INSERT_RUN, run_row)
             else:
                 try:
                     with conn.begin_nested():  # the unique cron key: losing the race is expected
-                        conn.execute(run_row)
+                        conn.execute(INSERT_RUN, run_row)
                 except IntegrityError:
-                    return False
-            if store_values:
-                conn.execute(insert(store), [{"run_id": run_id, "key": k, "value": v} for k, v in store_values.items()])
+                    conn.rollback()
+                    return None
+            if run.store_values:
+                conn.execute(
+                    INSERT_STORE, [{"run_id": run.run_id, "key": k, "value": v} for k, v in run.store_values.items()]
+                )
             context = {
-                "run_id": run_id,
+                "run_id": run.run_id,
                 "graph_namespace": namespace,
                 "graph_name": graph_name,
-                "graph_version": graph_version,
+                "graph_version": version,
             }
-            conn.execute(insert(states).values(state_values(root, context, now, due_at)))
-        return True
+            conn.execute(INSERT_STATES, state_values(run.root, context, now, run.due_at))
+            conn.commit()
+        return run
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

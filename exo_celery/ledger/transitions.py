@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, exists, insert, literal, or_, select, true, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 from ..engine import (
     CompiledGraph,
@@ -28,6 +28,17 @@ from ..status import FAILED_STATES, RunStatus, StateStatus
 from ..topology import Barrier
 from .db import get_engine
 from .repo import outputs_of, state_values
+from .statements import (
+    CLAIM,
+    CLAIM_IN_NAMESPACE,
+    CLAIM_STARTING_RUN,
+    FINISH_STATE,
+    INSERT_STATES,
+    MOVE_RUN,
+    MOVE_SCOPE,
+    START_RUN,
+    finish_then,
+)
 from .tables import runs, scopes, states, store
 
 S = StateStatus
@@ -97,6 +108,11 @@ class Transitions:
     def engine(self) -> Engine:
         return get_engine(self.url, worker=self.worker)
 
+    @property
+    def postgres(self) -> bool:
+        """PostgreSQL runs some transitions in fewer statements (data-modifying CTEs)."""
+        return self.url.startswith("postgresql")
+
     def _status_for_due(self, due_at: float, now: float) -> StateStatus:
         """QUEUED (sent now, with a countdown) when due soon enough; else CREATED (beat releases it)."""
         return S.QUEUED if due_at - now <= self.max_countdown else S.CREATED
@@ -108,44 +124,39 @@ class Transitions:
         With `namespace`, only a state of that namespace is claimed (a misrouted message is ignored).
         """
         now = time.time()
-        with self.engine.begin() as conn:
-            row = (
-                conn.execute(
-                    update(states)
-                    .where(
-                        states.c.id == state_id,
-                        states.c.status == S.QUEUED.value,
-                        states.c.due_at <= now + EARLY_TOLERANCE,
-                        or_(states.c.lease_until.is_(None), states.c.lease_until < now),
-                        ~exists().where(runs.c.id == states.c.run_id, runs.c.status == RunStatus.CANCELLED.value),
-                        states.c.namespace == namespace if namespace is not None else true(),
-                    )
-                    .values(
-                        lease_token=token,
-                        lease_until=now + self.lease_seconds,
-                        attempts=states.c.attempts + 1,
-                        updated_at=now,
-                    )
-                    .returning(*states.c)
-                )
-                .mappings()
-                .first()
-            )
+        params = {
+            "p_id": state_id,
+            "p_latest": now + EARLY_TOLERANCE,
+            "p_now": now,
+            "p_token": token,
+            "p_lease_until": now + self.lease_seconds,
+            "p_namespace": namespace,
+        }
+        with self._claim_connection() as conn:
+            if self.postgres:
+                row = conn.execute(CLAIM_STARTING_RUN[namespace is not None], params).mappings().first()
+            else:
+                row = conn.execute(CLAIM if namespace is None else CLAIM_IN_NAMESPACE, params).mappings().first()
+                if row is not None and not row["parents"]:
+                    conn.execute(START_RUN, {"p_run": row["run_id"], "p_now": now})
             if row is not None:
-                if not row["parents"]:
-                    conn.execute(
-                        update(runs)
-                        .where(runs.c.id == row["run_id"], runs.c.status == RunStatus.PENDING.value)
-                        .values(status=RunStatus.RUNNING.value, started_at=now)
-                    )
+                conn.commit()
                 return "claimed", dict(row)
             current = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
             if current is not None and current["status"] in (S.QUEUED.value, S.CREATED.value):
                 if self._cancelled_run(conn, dict(current), now):
+                    conn.commit()
                     return "skip", None
         if current is not None and current["status"] == S.QUEUED.value and current["due_at"] > now:
             return "early", dict(current)
         return "skip", None
+
+    def _claim_connection(self) -> Connection:
+        """A connection for the claim. On PostgreSQL it autocommits: the claim is one UPDATE, and
+        BEGIN and COMMIT would double its round trips (what follows it is idempotent on its own)."""
+        if self.postgres:
+            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self.engine.connect()
 
     def _cancelled_run(self, conn: Connection, row: dict[str, Any], now: float) -> bool:
         """True (and the state CANCELLED) when the state's run was cancelled while it waited."""
@@ -171,14 +182,14 @@ class Transitions:
             )
 
     # -- completing -------------------------------------------------------
-    def complete(
-        self,
-        graph: CompiledGraph,
-        row: dict[str, Any],
-        token: str,
-        outcome: Outcome,
-    ) -> Completion:
+    def complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
         """Record how an execution ended and everything it causes; says what to publish and log."""
+        try:
+            return self._complete(graph, row, token, outcome)
+        except _NotOurs:
+            return Completion(None, [], [])
+
+    def _complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
         now = time.time()
         topo = graph.topology
         ident = row["identifier"]
@@ -236,14 +247,9 @@ class Transitions:
                     values["status"] = S.ERRORED.value
                     failed_inc = 1
 
-            moved = conn.execute(
-                update(states)
-                .where(states.c.id == row["id"], states.c.status == S.QUEUED.value, states.c.lease_token == token)
-                .values(**values)
-            ).rowcount
-            if not moved:
-                conn.rollback()
-                return Completion(None, [], [])
+            finish = _Finish({"p_id": row["id"], "p_token": token, **values})
+            if not self.postgres or outcome.store_writes:
+                finish.flush(conn)
 
             if outcome.kind == "success" and outcome.store_writes:
                 _write_store(conn, row["run_id"], outcome.store_writes)
@@ -255,6 +261,7 @@ class Transitions:
 
             fired: list[NewState] = []
             fired_errors: list[NewState] = []
+            open_scopes = 0  # change in the number of open scopes (the run counts each one once)
             for name in topo.barrier_order:
                 barrier = topo.barriers[name]
                 if barrier.over == ident:
@@ -272,6 +279,8 @@ class Transitions:
                         )
                         if op.outstanding == 0:
                             self._fire(conn, graph, barrier, op.id, op.opener_id, 0, 0, row, fired, fired_errors)
+                        else:
+                            open_scopes += 1
                 elif ident in barrier.region and name in row["scopes"]:
                     sid = row["scopes"][name]
                     born = sum(
@@ -283,17 +292,15 @@ class Transitions:
                     delta = born - (1 if leaving else 0)
                     if delta == 0 and not failed_here and not pruned_inc:
                         continue
-                    scope = conn.execute(
-                        update(scopes)
-                        .where(scopes.c.id == sid)
-                        .values(
-                            outstanding=scopes.c.outstanding + delta,
-                            failed=scopes.c.failed + failed_here,
-                            pruned=scopes.c.pruned + pruned_inc,
-                        )
-                        .returning(scopes.c.outstanding, scopes.c.failed, scopes.c.pruned, scopes.c.opener_id)
-                    ).first()
-                    if scope is not None and scope.outstanding == 0 and delta < 0:
+                    scope = finish.move(
+                        conn,
+                        "scope",
+                        {"p_scope": sid, "p_delta": delta, "p_failed": failed_here, "p_pruned": pruned_inc},
+                    )
+                    if scope is None:
+                        continue
+                    open_scopes += _opened_or_closed(scope.outstanding - delta, scope.outstanding)
+                    if scope.outstanding == 0 and delta < 0:
                         self._fire(
                             conn,
                             graph,
@@ -307,17 +314,25 @@ class Transitions:
                             fired_errors,
                         )
 
-            run_delta = len(created) + len(fired) - (1 if leaving else 0)
+            # The run counts its states outside every barrier's region, plus one per open scope:
+            # a state inside a region moves only its scopes, never the run's hot row.
+            run_delta = sum(1 for s in (*created, *fired) if not s.scopes) + open_scopes
+            if leaving and not row["scopes"]:
+                run_delta -= 1
             run_failed = failed_inc + len(fired_errors)
             if run_delta or run_failed or created or fired:
                 # Locking the run row here orders this commit against a concurrent cancel: either
                 # cancel sees these new states, or this sees the run CANCELLED and cancels them.
-                if _move_run(conn, row["run_id"], run_delta, run_failed, now) == RunStatus.CANCELLED.value:
+                moved = finish.move(
+                    conn, "run", {"p_run": row["run_id"], "p_delta": run_delta, "p_failed": run_failed, "p_now": now}
+                )
+                if moved is not None and moved.status == RunStatus.CANCELLED.value:
                     new_ids = [x.id for x in (*created, *fired)]
                     conn.execute(
                         update(states).where(states.c.id.in_(new_ids)).values(status=S.CANCELLED.value, updated_at=now)
                     )
                     created, fired = [], []
+            finish.flush(conn)
             for batch, due in ((created, created_due), (fired, now)):
                 dispatches.extend(
                     Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
@@ -448,17 +463,18 @@ class Transitions:
                 retry_count=row["retry_count"] + 1,
             )
             _insert_states(conn, [retry], dict(row), now, now)
+            run_delta = 0 if row["scopes"] else 1
             for sid in row["scopes"].values():
-                conn.execute(
-                    update(scopes)
-                    .where(scopes.c.id == sid)
-                    .values(outstanding=scopes.c.outstanding + 1, failed=scopes.c.failed - (1 if was_failed else 0))
-                )
+                now_outstanding = conn.execute(
+                    MOVE_SCOPE, {"p_scope": sid, "p_delta": 1, "p_failed": -1 if was_failed else 0, "p_pruned": 0}
+                ).scalar()
+                if now_outstanding is not None:
+                    run_delta += _opened_or_closed(now_outstanding - 1, now_outstanding)
             conn.execute(
                 update(runs)
                 .where(runs.c.id == row["run_id"])
                 .values(
-                    outstanding=runs.c.outstanding + 1,
+                    outstanding=runs.c.outstanding + run_delta,
                     failed=runs.c.failed - (1 if was_failed else 0),
                     status=RunStatus.RUNNING.value,
                     finished_at=None,
@@ -584,7 +600,7 @@ def _source(row: dict[str, Any]) -> Source:
 
 def _insert_states(conn: Connection, new: list[NewState], row: dict[str, Any], now: float, due_at: float) -> None:
     if new:
-        conn.execute(insert(states), [state_values(s, row, now, due_at) for s in new])
+        conn.execute(INSERT_STATES, [state_values(s, row, now, due_at) for s in new])
 
 
 def _insert_unique(conn: Connection, state: NewState, row: dict[str, Any], error: str | None = None) -> bool:
@@ -596,31 +612,45 @@ def _insert_unique(conn: Connection, state: NewState, row: dict[str, Any], error
     values["error"] = error
     try:
         with conn.begin_nested():
-            conn.execute(insert(states).values(values))
+            conn.execute(INSERT_STATES, values)
         return True
     except IntegrityError:
         return False
 
 
-def _move_run(conn: Connection, run_id: str, delta: int, failed: int, now: float) -> str | None:
-    """Adjust a run's counters (the transaction that empties it decides SUCCESS or FAILED); returns its status."""
-    active = runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value])
-    ends = active & (runs.c.outstanding + delta <= 0)
-    return conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id)
-        .values(
-            outstanding=runs.c.outstanding + delta,
-            failed=runs.c.failed + failed,
-            status=case(
-                (ends & (runs.c.failed + failed > 0), literal(RunStatus.FAILED.value)),
-                (ends, literal(RunStatus.SUCCESS.value)),
-                else_=runs.c.status,
-            ),
-            finished_at=case((ends, literal(now)), else_=runs.c.finished_at),
-        )
-        .returning(runs.c.status)
-    ).scalar()
+def _opened_or_closed(before: int, after: int) -> int:
+    """+1 when a scope's count leaves zero, -1 when it reaches zero, else 0 (what the run counts of it)."""
+    return int(before <= 0 < after) - int(after <= 0 < before)
+
+
+class _NotOurs(Exception):
+    """The state was finished by another delivery, or its lease was taken over: change nothing."""
+
+
+class _Finish:
+    """The compare-and-set of a completing state. On PostgreSQL it rides in the first counter move
+    of the transaction (one statement, one round trip less); `flush` sends it on its own otherwise."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params: dict[str, Any] | None = params
+
+    def flush(self, conn: Connection) -> None:
+        if self.params is not None:
+            params, self.params = self.params, None
+            if not conn.execute(FINISH_STATE, params).rowcount:
+                raise _NotOurs
+
+    def move(self, conn: Connection, counter: str, params: dict[str, Any]) -> Any:
+        """MOVE_SCOPE (`counter="scope"`) or MOVE_RUN (`"run"`), with the compare-and-set if still pending."""
+        if self.params is None:
+            return conn.execute(MOVE_SCOPE if counter == "scope" else MOVE_RUN, params).first()
+        finish, self.params = self.params, None
+        columns = tuple(k for k in finish if not k.startswith("p_"))
+        merged = {"p_id": finish["p_id"], "p_token": finish["p_token"], **{f"v_{c}": finish[c] for c in columns}}
+        moved = conn.execute(finish_then(columns, counter), {**merged, **params}).first()
+        if moved is None:
+            raise _NotOurs
+        return moved
 
 
 def _read_store(conn: Connection, run_id: str) -> dict[str, str]:

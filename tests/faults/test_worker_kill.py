@@ -72,7 +72,8 @@ def test_sigkill_workers_at_random_moments(fstack: Stack, private_redis: Private
     child_kills = 0
     in_flight: list[int] = []
     started = time.monotonic()
-    while len(killed) < kills_wanted:
+    # Keep going until the kills are spread over at least three runs (a loaded machine runs them slower).
+    while len(killed) < kills_wanted or (len(runs) < 3 and time.monotonic() - started < 120):
         if not active():
             trigger()
         time.sleep(rng.uniform(0.1, 0.6))
