@@ -14,7 +14,7 @@ from ..engine import NewState
 from ..errors import NotFoundError
 from ..status import TERMINAL_RUNS, RunStatus, StateStatus
 from .db import get_engine
-from .statements import INSERT_RUN, INSERT_STATES, INSERT_STORE, LATEST_VERSION
+from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
 from .tables import graphs, nodes, runs, scopes, states, store
 
 
@@ -61,11 +61,40 @@ class NewRun:
     due_at: float
 
 
+def _run_row(
+    run: NewRun, namespace: str, graph_name: str, version: int, cron_key: str | None, now: float
+) -> dict[str, Any]:
+    return {
+        "id": run.run_id,
+        "namespace": namespace,
+        "graph_name": graph_name,
+        "graph_version": version,
+        "status": RunStatus.PENDING.value,
+        "outstanding": 1,
+        "failed": 0,
+        "cron_key": cron_key,
+        "created_at": now,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def _root_row(run: NewRun, run_row: dict[str, Any], now: float) -> dict[str, Any]:
+    context = {
+        "run_id": run.run_id,
+        "graph_namespace": run_row["namespace"],
+        "graph_name": run_row["graph_name"],
+        "graph_version": run_row["graph_version"],
+    }
+    return state_values(run.root, context, now, run.due_at)
+
+
 class Repo:
     """Graphs, nodes, runs and store: every statement outside state transitions."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.postgres = url.startswith("postgresql")
 
     @property
     def engine(self) -> Engine:
@@ -177,27 +206,15 @@ class Repo:
         `prepare(version)` builds the run (raising inserts nothing). Returns None when `cron_key` was
         already used (another beat fired it).
         """
+        if self.postgres:
+            return self._create_run_in_one_statement(namespace, graph_name, prepare, cron_key)
         with self.engine.connect() as conn:
-            version = conn.execute(LATEST_VERSION, {"p_namespace": namespace, "p_name": graph_name}).scalar()
+            version = self._latest_version(conn, namespace, graph_name)
             conn.commit()  # `prepare` may read the ledger too, and SQLite allows one writer
-            if version is None:
-                raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {namespace!r}")
             run = prepare(version)
             conn.begin()
             now = time.time()
-            run_row = {
-                "id": run.run_id,
-                "namespace": namespace,
-                "graph_name": graph_name,
-                "graph_version": version,
-                "status": RunStatus.PENDING.value,
-                "outstanding": 1,
-                "failed": 0,
-                "cron_key": cron_key,
-                "created_at": now,
-                "started_at": None,
-                "finished_at": None,
-            }
+            run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
             if cron_key is None:
                 conn.execute(INSERT_RUN, run_row)
             else:
@@ -211,15 +228,35 @@ class Repo:
                 conn.execute(
                     INSERT_STORE, [{"run_id": run.run_id, "key": k, "value": v} for k, v in run.store_values.items()]
                 )
-            context = {
-                "run_id": run.run_id,
-                "graph_namespace": namespace,
-                "graph_name": graph_name,
-                "graph_version": version,
-            }
-            conn.execute(INSERT_STATES, state_values(run.root, context, now, run.due_at))
+            conn.execute(INSERT_STATES, _root_row(run, run_row, now))
             conn.commit()
         return run
+
+    def _create_run_in_one_statement(
+        self, namespace: str, graph_name: str, prepare: Callable[[int], NewRun], cron_key: str | None
+    ) -> NewRun | None:
+        """PostgreSQL: one statement on an autocommit connection, atomic by itself."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            version = self._latest_version(conn, namespace, graph_name)
+            run = prepare(version)
+            now = time.time()
+            run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
+            params = {f"r_{k}": v for k, v in run_row.items()}
+            params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()}, p_store=run.store_values)
+            try:
+                conn.execute(INSERT_RUN_WITH_ROOT, params)
+            except IntegrityError:
+                if cron_key is None:
+                    raise
+                return None  # the unique cron key: losing the race is expected
+        return run
+
+    @staticmethod
+    def _latest_version(conn: Connection, namespace: str, graph_name: str) -> int:
+        version: int | None = conn.execute(LATEST_VERSION, {"p_namespace": namespace, "p_name": graph_name}).scalar()
+        if version is None:
+            raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {namespace!r}")
+        return version
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

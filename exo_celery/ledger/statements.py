@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, case, exists, func, insert, or_, select, update
+from sqlalchemy import JSON, String, bindparam, case, exists, func, insert, or_, select, update
 
 from ..status import RunStatus, StateStatus
 from .tables import graphs, runs, scopes, states, store
@@ -140,6 +140,23 @@ MOVE_RUN = _move_run()
 INSERT_STATES = insert(states)
 INSERT_RUN = insert(runs)
 INSERT_STORE = insert(store)
+
+
+def _insert_run_with_root() -> Any:
+    new_run = insert(runs).values({c.name: bindparam(f"r_{c.name}", type_=c.type) for c in runs.c}).cte("new_run")
+    pairs = func.json_each_text(bindparam("p_store", type_=JSON)).table_valued("key", "value")
+    new_store = (
+        insert(store)
+        .from_select(["run_id", "key", "value"], select(bindparam("r_id", type_=String), pairs.c.key, pairs.c.value))
+        .cte("new_store")
+    )
+    root = insert(states).values({c.name: bindparam(f"s_{c.name}", type_=c.type) for c in states.c})
+    return root.add_cte(new_run).add_cte(new_store)
+
+
+INSERT_RUN_WITH_ROOT = _insert_run_with_root()
+"""PostgreSQL: a run (`r_<column>`), its store (`p_store`, a JSON object) and its root state
+(`s_<column>`) in one statement, so a trigger is one round trip and needs no transaction."""
 
 LATEST_VERSION = select(func.max(graphs.c.version)).where(
     graphs.c.namespace == bindparam("p_namespace"), graphs.c.name == bindparam("p_name")
