@@ -132,7 +132,7 @@ class Transitions:
             "p_lease_until": now + self.lease_seconds,
             "p_namespace": namespace,
         }
-        with self._claim_connection() as conn:
+        with self._autocommit_connection() as conn:
             if self.postgres:
                 row = conn.execute(CLAIM_STARTING_RUN[namespace is not None], params).mappings().first()
             else:
@@ -151,9 +151,10 @@ class Transitions:
             return "early", dict(current)
         return "skip", None
 
-    def _claim_connection(self) -> Connection:
-        """A connection for the claim. On PostgreSQL it autocommits: the claim is one UPDATE, and
-        BEGIN and COMMIT would double its round trips (what follows it is idempotent on its own)."""
+    def _autocommit_connection(self) -> Connection:
+        """On PostgreSQL, a connection whose statements commit on their own: a transition that is one
+        statement (the claim, a leaf's completion) needs no BEGIN and COMMIT, two round trips less.
+        On SQLite, an ordinary connection (it begins IMMEDIATE on first use)."""
         if self.postgres:
             return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self.engine.connect()
@@ -169,6 +170,15 @@ class Transitions:
             .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
         )
         return True
+
+    def _plan_reads(
+        self, run_id: str, ancestors: list[str], reads_store: bool
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """What planning the children reads: ancestors' outputs (never change once written) and the store."""
+        if not ancestors and not reads_store:
+            return {}, {}
+        with self._autocommit_connection() as conn:
+            return outputs_of(conn, ancestors), _read_store(conn, run_id) if reads_store else {}
 
     def renew_leases(self, tokens: list[str]) -> None:
         """Extend the leases of states this process is still executing."""
@@ -200,53 +210,60 @@ class Transitions:
         leaving, failed_inc, pruned_inc = True, 0, 0
         created_due = now
         dispatches: list[Dispatch] = []
-        with self.engine.begin() as conn:
-            if outcome.kind == "success":
-                values["outputs"] = outcome.outputs[0] if outcome.outputs else None
-                try:
-                    needed, reads_store = lineage_refs(topo, topo.direct_children(ident))
-                    store_now = _read_store(conn, row["run_id"]) if reads_store else {}
-                    store_now.update(outcome.store_writes)
-                    known = outputs_of(conn, [row["parents"][i] for i in needed if i in row["parents"]])
-                    plan = plan_success(topo, graph.namespace_of, _source(row), outcome.outputs, known, store_now)
-                    values["status"] = S.SUCCESS.value
-                    created, finished, opens = plan.children, plan.output_states, plan.opens
-                    for output_state in finished:
-                        output_state.inputs = row["inputs"]
-                except PlanError as exc:
-                    values.update(status=S.NEXT_CREATED_ERROR.value, error=_text(str(exc)))
-                    failed_inc = 1
-            elif outcome.kind == "requeue":
-                due = now + outcome.delay
-                values.update(status=self._status_for_due(due, now).value, due_at=due, dispatched_at=now, attempts=0)
-                leaving = False
-            elif outcome.kind == "prune":
-                values.update(status=S.PRUNED.value, data=outcome.data or {})
-                pruned_inc = 1
+        if outcome.kind == "success":
+            values["outputs"] = outcome.outputs[0] if outcome.outputs else None
+            try:
+                needed, reads_store = lineage_refs(topo, topo.direct_children(ident))
+                ancestors = [row["parents"][i] for i in needed if i in row["parents"]]
+                known, store_now = self._plan_reads(row["run_id"], ancestors, reads_store)
+                store_now.update(outcome.store_writes)
+                plan = plan_success(topo, graph.namespace_of, _source(row), outcome.outputs, known, store_now)
+                values["status"] = S.SUCCESS.value
+                created, finished, opens = plan.children, plan.output_states, plan.opens
+                for output_state in finished:
+                    output_state.inputs = row["inputs"]
+            except PlanError as exc:
+                values.update(status=S.NEXT_CREATED_ERROR.value, error=_text(str(exc)))
+                failed_inc = 1
+        elif outcome.kind == "requeue":
+            due = now + outcome.delay
+            values.update(status=self._status_for_due(due, now).value, due_at=due, dispatched_at=now, attempts=0)
+            leaving = False
+        elif outcome.kind == "prune":
+            values.update(status=S.PRUNED.value, data=outcome.data or {})
+            pruned_inc = 1
+        else:
+            policy = graph.template.retry_policy
+            values["error"] = _text(outcome.error)
+            if outcome.retryable and row["retry_count"] < policy.max_retries:
+                due = now + policy.compute_delay(row["retry_count"] + 1) / 1000.0
+                values["status"] = S.RETRY_CREATED.value
+                retry = NewState(
+                    _fresh_id(),
+                    ident,
+                    row["node_name"],
+                    row["namespace"],
+                    row["inputs"],
+                    row["parents"],
+                    row["scopes"],
+                    row["branch"],
+                    self._status_for_due(due, now),
+                    retry_of=row["id"],
+                    retry_count=row["retry_count"] + 1,
+                )
+                created, created_due = [retry], due
             else:
-                policy = graph.template.retry_policy
-                values["error"] = _text(outcome.error)
-                if outcome.retryable and row["retry_count"] < policy.max_retries:
-                    due = now + policy.compute_delay(row["retry_count"] + 1) / 1000.0
-                    values["status"] = S.RETRY_CREATED.value
-                    retry = NewState(
-                        _fresh_id(),
-                        ident,
-                        row["node_name"],
-                        row["namespace"],
-                        row["inputs"],
-                        row["parents"],
-                        row["scopes"],
-                        row["branch"],
-                        self._status_for_due(due, now),
-                        retry_of=row["id"],
-                        retry_count=row["retry_count"] + 1,
-                    )
-                    created, created_due = [retry], due
-                else:
-                    values["status"] = S.ERRORED.value
-                    failed_inc = 1
+                values["status"] = S.ERRORED.value
+                failed_inc = 1
 
+        # A change that is one statement (no new rows, no store writes, no scope that could fire:
+        # a leaf outside every region, or a requeue) needs no transaction on PostgreSQL.
+        single = (
+            self.postgres
+            and not (created or finished or opens or outcome.store_writes)
+            and (not row["scopes"] or not leaving)
+        )
+        with self._autocommit_connection() if single else self.engine.begin() as conn:
             finish = _Finish({"p_id": row["id"], "p_token": token, **values})
             if not self.postgres or outcome.store_writes:
                 finish.flush(conn)
