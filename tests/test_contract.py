@@ -121,6 +121,19 @@ def test_bad_templates_list_every_problem_and_write_nothing(stack: Stack) -> Non
     assert count_rows(stack) == before
 
 
+def test_trigger_uses_the_version_another_client_just_stored(stack: Stack) -> None:
+    """The trigger's one-statement insert names the version its client saw last; a newer one wins."""
+    first, second = stack.manager(NS), stack.manager(NS)
+    name = uid()
+    nodes = [GraphNodeModel(node_name="Echo", identifier="a", inputs={"text": "v1"})]
+    run(first.upsert_graph(name, nodes, secrets={}))
+    before = run(first.trigger(name))["run_id"]
+    run(second.upsert_graph(name, [nodes[0].model_copy(update={"inputs": {"text": "v2"}})], secrets={}))
+    after = run(first.trigger(name))["run_id"]
+    assert [first.repo.get_run(r)["graph_version"] for r in (before, after)] == [1, 2]
+    assert [s["inputs"] for s in first.repo.list_states(after)] == [{"text": "v2"}]
+
+
 def test_bad_trigger_calls_raise_and_write_nothing(stack: Stack) -> None:
     m = stack.manager(NS)
     name = uid()

@@ -95,6 +95,7 @@ class Repo:
     def __init__(self, url: str) -> None:
         self.url = url
         self.postgres = url.startswith("postgresql")
+        self._seen_versions: dict[tuple[str, str], int] = {}
 
     @property
     def engine(self) -> Engine:
@@ -235,21 +236,29 @@ class Repo:
     def _create_run_in_one_statement(
         self, namespace: str, graph_name: str, prepare: Callable[[int], NewRun], cron_key: str | None
     ) -> NewRun | None:
-        """PostgreSQL: one statement on an autocommit connection, atomic by itself."""
+        """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names the version
+        this repo saw last, and inserts nothing if a newer one was stored since (then it looks again)."""
+        key = (namespace, graph_name)
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            version = self._latest_version(conn, namespace, graph_name)
-            run = prepare(version)
-            now = time.time()
-            run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
-            params = {f"r_{k}": v for k, v in run_row.items()}
-            params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()}, p_store=run.store_values)
-            try:
-                conn.execute(INSERT_RUN_WITH_ROOT, params)
-            except IntegrityError:
-                if cron_key is None:
-                    raise
-                return None  # the unique cron key: losing the race is expected
-        return run
+            for _ in range(10):
+                version = self._seen_versions.get(key) or self._latest_version(conn, namespace, graph_name)
+                run = prepare(version)
+                now = time.time()
+                run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
+                params = {f"r_{k}": v for k, v in run_row.items()}
+                params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})
+                params.update(p_store=run.store_values, p_namespace=namespace, p_name=graph_name)
+                try:
+                    inserted = conn.execute(INSERT_RUN_WITH_ROOT, params).first()
+                except IntegrityError:
+                    if cron_key is None:
+                        raise
+                    return None  # the unique cron key: losing the race is expected
+                if inserted is not None:
+                    self._seen_versions[key] = version
+                    return run
+                self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
+        raise RuntimeError(f"could not trigger graph {graph_name!r}: its version kept changing")
 
     @staticmethod
     def _latest_version(conn: Connection, namespace: str, graph_name: str) -> int:

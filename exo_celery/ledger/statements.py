@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, String, bindparam, case, exists, func, insert, or_, select, update
+from sqlalchemy import JSON, bindparam, case, exists, func, insert, or_, select, true, update
 
 from ..status import RunStatus, StateStatus
 from .tables import graphs, runs, scopes, states, store
@@ -142,23 +142,31 @@ INSERT_RUN = insert(runs)
 INSERT_STORE = insert(store)
 
 
+LATEST_VERSION = select(func.max(graphs.c.version)).where(
+    graphs.c.namespace == bindparam("p_namespace"), graphs.c.name == bindparam("p_name")
+)
+"""The newest version number of a graph (None if it has none)."""
+
+
 def _insert_run_with_root() -> Any:
-    new_run = insert(runs).values({c.name: bindparam(f"r_{c.name}", type_=c.type) for c in runs.c}).cte("new_run")
+    still_latest = LATEST_VERSION.scalar_subquery() == bindparam("r_graph_version")
+    run_values = select(*(bindparam(f"r_{c.name}", type_=c.type) for c in runs.c)).where(still_latest)
+    new_run = insert(runs).from_select([c.name for c in runs.c], run_values).returning(runs.c.id).cte("new_run")
     pairs = func.json_each_text(bindparam("p_store", type_=JSON)).table_valued("key", "value")
     new_store = (
         insert(store)
-        .from_select(["run_id", "key", "value"], select(bindparam("r_id", type_=String), pairs.c.key, pairs.c.value))
+        .from_select(
+            ["run_id", "key", "value"],
+            select(new_run.c.id, pairs.c.key, pairs.c.value).select_from(new_run.join(pairs, true())),
+        )
         .cte("new_store")
     )
-    root = insert(states).values({c.name: bindparam(f"s_{c.name}", type_=c.type) for c in states.c})
+    root_values = select(*(bindparam(f"s_{c.name}", type_=c.type) for c in states.c)).select_from(new_run)
+    root = insert(states).from_select([c.name for c in states.c], root_values).returning(states.c.id)
     return root.add_cte(new_run).add_cte(new_store)
 
 
 INSERT_RUN_WITH_ROOT = _insert_run_with_root()
 """PostgreSQL: a run (`r_<column>`), its store (`p_store`, a JSON object) and its root state
-(`s_<column>`) in one statement, so a trigger is one round trip and needs no transaction."""
-
-LATEST_VERSION = select(func.max(graphs.c.version)).where(
-    graphs.c.namespace == bindparam("p_namespace"), graphs.c.name == bindparam("p_name")
-)
-"""The newest version number of a graph (None if it has none)."""
+(`s_<column>`) in one statement, so a trigger is one round trip and needs no transaction. Nothing
+is inserted (no row returned) unless `r_graph_version` is still the graph's newest version."""
