@@ -76,7 +76,7 @@ def _on_checkout(*_: Any) -> None:
 
 def _on_commit(conn: Any) -> None:
     # An autocommit connection's statements commit on their own: no BEGIN or COMMIT is sent.
-    autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    autocommit = getattr(conn.connection.driver_connection, "autocommit", False) is True
     _counts["autocommits" if autocommit else "commits"] += 1
 
 

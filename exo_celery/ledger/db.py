@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
-_engines: dict[tuple[int, str, bool], Engine] = {}
+_engines: dict[tuple[int, str, bool, bool], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -32,7 +32,7 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def get_engine(url: str, *, worker: bool = False) -> Engine:
+def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> Engine:
     """The engine for `url` in this process (a forked worker child gets its own).
 
     `worker=True` gives the engine for state transitions in workers and beat: on PostgreSQL it
@@ -41,15 +41,25 @@ def get_engine(url: str, *, worker: bool = False) -> Engine:
     are still QUEUED with a lease in the recovered ledger and beat re-sends them, so effects stay
     exactly-once (the node may run again, as with any at-least-once delivery). A lost connection is
     retried by the worker.
+
+    `autocommit=True` gives, on PostgreSQL, a second pool of the same kind whose connections
+    autocommit, for transitions that are one statement (no BEGIN and COMMIT round trips, and no
+    switching a pooled connection's mode on every checkout). On SQLite it is the ordinary engine.
     """
-    key = (os.getpid(), url, worker)
+    autocommit = autocommit and not url.startswith("sqlite")
+    key = (os.getpid(), url, worker, autocommit)
     engine = _engines.get(key)
     if engine is not None:
         return engine
+    if autocommit:
+        get_engine(url, worker=worker)  # migrates the ledger first
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _create(url, worker)
+            if autocommit:
+                engine = create_engine(url, isolation_level="AUTOCOMMIT", **_postgres_options(worker))
+            else:
+                engine = _create(url, worker)
             _engines[key] = engine
     return engine
 
@@ -62,14 +72,15 @@ def _create(url: str, worker: bool = False) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _tune_sqlite(engine)
     else:
-        if worker:
-            engine = create_engine(
-                url, pool_size=5, max_overflow=10, connect_args={"options": "-c synchronous_commit=off"}
-            )
-        else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_engine(url, **_postgres_options(worker))
     _create_tables(engine)
     return engine
+
+
+def _postgres_options(worker: bool) -> dict[str, Any]:
+    if worker:
+        return {"pool_size": 5, "max_overflow": 10, "connect_args": {"options": "-c synchronous_commit=off"}}
+    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
 
 
 def _create_tables(engine: Engine) -> None:

@@ -239,7 +239,7 @@ class Repo:
         """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names the version
         this repo saw last, and inserts nothing if a newer one was stored since (then it looks again)."""
         key = (namespace, graph_name)
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with get_engine(self.url, autocommit=True).connect() as conn:
             for _ in range(10):
                 version = self._seen_versions.get(key) or self._latest_version(conn, namespace, graph_name)
                 run = prepare(version)

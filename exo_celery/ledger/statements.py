@@ -94,7 +94,7 @@ def finish_then(columns: tuple[str, ...], then: str) -> Any:
         update(states)
         .where(*_FINISHABLE)
         .values({c: bindparam(f"v_{c}", type_=states.c[c].type) for c in columns})
-        .returning(states.c.id)
+        .returning(states.c.run_id)
         .cte("finished")
     )
     return _move_scope(finished) if then == "scope" else _move_run(finished)
@@ -103,7 +103,7 @@ def finish_then(columns: tuple[str, ...], then: str) -> Any:
 def _move_scope(after: Any = None) -> Any:
     statement = update(scopes).where(scopes.c.id == bindparam("p_scope"))
     if after is not None:
-        statement = statement.where(after.c.id == bindparam("p_id"))
+        statement = statement.where(scopes.c.run_id == after.c.run_id)
     return statement.values(
         outstanding=scopes.c.outstanding + bindparam("p_delta"),
         failed=scopes.c.failed + bindparam("p_failed"),
@@ -121,7 +121,7 @@ def _move_run(after: Any = None) -> Any:
     now = bindparam("p_now", type_=runs.c.finished_at.type)
     statement = update(runs).where(runs.c.id == bindparam("p_run"))
     if after is not None:
-        statement = statement.where(after.c.id == bindparam("p_id"))
+        statement = statement.where(runs.c.id == after.c.run_id)
     return statement.values(
         outstanding=runs.c.outstanding + bindparam("p_delta"),
         failed=runs.c.failed + bindparam("p_failed"),

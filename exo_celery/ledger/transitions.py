@@ -155,9 +155,7 @@ class Transitions:
         """On PostgreSQL, a connection whose statements commit on their own: a transition that is one
         statement (the claim, a leaf's completion) needs no BEGIN and COMMIT, two round trips less.
         On SQLite, an ordinary connection (it begins IMMEDIATE on first use)."""
-        if self.postgres:
-            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self.engine.connect()
+        return get_engine(self.url, worker=self.worker, autocommit=True).connect()
 
     def _cancelled_run(self, conn: Connection, row: dict[str, Any], now: float) -> bool:
         """True (and the state CANCELLED) when the state's run was cancelled while it waited."""
