@@ -100,6 +100,37 @@ def finish_then(columns: tuple[str, ...], then: str) -> Any:
     return _move_scope(finished) if then == "scope" else _move_run(finished)
 
 
+@cache
+def finish_in_open_scope(columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: finish a state inside one region and move its scope, unless that empties the scope.
+
+    One statement, safe on an autocommit connection: it locks the state row if the lease is still
+    `p_token`'s, moves the scope only if it stays above zero, and finishes the state only if the scope
+    moved, so either both change or nothing does. No row back: nothing changed (the scope would
+    empty, so the barrier must fire in a transaction, or the state is not ours).
+    """
+    mine = select(states.c.run_id).where(*_FINISHABLE).with_for_update().cte("mine")
+    moved = (
+        update(scopes)
+        .where(
+            scopes.c.id == bindparam("p_scope"),
+            scopes.c.run_id == mine.c.run_id,
+            scopes.c.outstanding + bindparam("p_delta") > 0,
+        )
+        .values(outstanding=scopes.c.outstanding + bindparam("p_delta"), pruned=scopes.c.pruned + bindparam("p_pruned"))
+        .returning(scopes.c.run_id, scopes.c.outstanding)
+        .cte("moved")
+    )
+    finished = (
+        update(states)
+        .where(*_FINISHABLE, states.c.run_id == moved.c.run_id)
+        .values({c: bindparam(f"v_{c}", type_=states.c[c].type) for c in columns})
+        .returning(states.c.id)
+        .cte("finished")
+    )
+    return select(moved.c.outstanding).add_cte(finished)
+
+
 def _move_scope(after: Any = None) -> Any:
     statement = update(scopes).where(scopes.c.id == bindparam("p_scope"))
     if after is not None:

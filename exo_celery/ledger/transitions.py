@@ -37,6 +37,7 @@ from .statements import (
     MOVE_RUN,
     MOVE_SCOPE,
     START_RUN,
+    finish_in_open_scope,
     finish_then,
 )
 from .tables import runs, scopes, states, store
@@ -253,6 +254,19 @@ class Transitions:
             else:
                 values["status"] = S.ERRORED.value
                 failed_inc = 1
+
+        if (
+            self.postgres
+            and leaving
+            and not (created or finished or opens or outcome.store_writes or failed_inc)
+            and len(row["scopes"]) == 1
+        ):
+            # A leaf inside one region (a fan-out branch that ends): one autocommitted statement,
+            # unless it is the region's last state and the barrier must fire (the transaction below).
+            with self._autocommit_connection() as conn:
+                alone = _Finish({"p_id": row["id"], "p_token": token, **values})
+                if alone.in_open_scope(conn, next(iter(row["scopes"].values())), pruned_inc):
+                    return Completion(values["status"], [], [])
 
         # A change that is one statement (no new rows, no store writes, no scope that could fire:
         # a leaf outside every region, or a requeue) needs no transaction on PostgreSQL.
@@ -655,13 +669,25 @@ class _Finish:
             if not conn.execute(FINISH_STATE, params).rowcount:
                 raise _NotOurs
 
+    def _take(self) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """The columns to set, and the parameters of a merged statement (`v_<column>`)."""
+        assert self.params is not None
+        finish, self.params = self.params, None
+        columns = tuple(k for k in finish if not k.startswith("p_"))
+        return columns, {"p_id": finish["p_id"], "p_token": finish["p_token"], **{f"v_{c}": finish[c] for c in columns}}
+
+    def in_open_scope(self, conn: Connection, scope_id: str, pruned: int) -> bool:
+        """PostgreSQL, on an autocommit connection: finish the state and move its one scope by -1 in one
+        statement. False, and nothing changed, if that would empty the scope or the state is not ours."""
+        columns, params = self._take()
+        params.update(p_scope=scope_id, p_delta=-1, p_pruned=pruned)
+        return conn.execute(finish_in_open_scope(columns), params).first() is not None
+
     def move(self, conn: Connection, counter: str, params: dict[str, Any]) -> Any:
         """MOVE_SCOPE (`counter="scope"`) or MOVE_RUN (`"run"`), with the compare-and-set if still pending."""
         if self.params is None:
             return conn.execute(MOVE_SCOPE if counter == "scope" else MOVE_RUN, params).first()
-        finish, self.params = self.params, None
-        columns = tuple(k for k in finish if not k.startswith("p_"))
-        merged = {"p_id": finish["p_id"], "p_token": finish["p_token"], **{f"v_{c}": finish[c] for c in columns}}
+        columns, merged = self._take()
         moved = conn.execute(finish_then(columns, counter), {**merged, **params}).first()
         if moved is None:
             raise _NotOurs
