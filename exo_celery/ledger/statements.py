@@ -123,7 +123,7 @@ def finish_in_open_scope(columns: tuple[str, ...]) -> Any:
     )
     finished = (
         update(states)
-        .where(*_FINISHABLE, states.c.run_id == moved.c.run_id)
+        .where(*_FINISHABLE, exists(select(moved.c.run_id)))  # by id: a join on run_id may scan the run
         .values({c: bindparam(f"v_{c}", type_=states.c[c].type) for c in columns})
         .returning(states.c.id)
         .cte("finished")
