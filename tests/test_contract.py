@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import psycopg
 import pytest
 import redis
 from pydantic import BaseModel
@@ -19,10 +20,13 @@ from exo_celery import (
     TriggerError,
     UnitesModel,
 )
+from exo_celery.ledger.repo import Repo
 from exo_celery.ledger.tables import graphs, runs, states
+from exo_celery.node import node_schema
 
 from .conftest import SHARED_NAMESPACE as NS
-from .support import REDIS_URL, Stack, run, uid
+from .nodes import Echo
+from .support import POSTGRES_ADMIN_URL, REDIS_URL, Stack, run, uid
 
 SECRET = "sk-live-7f3a9c1e5b2d"
 
@@ -132,6 +136,27 @@ def test_trigger_uses_the_version_another_client_just_stored(stack: Stack) -> No
     after = run(first.trigger(name))["run_id"]
     assert [first.repo.get_run(r)["graph_version"] for r in (before, after)] == [1, 2]
     assert [s["inputs"] for s in first.repo.list_states(after)] == [{"text": "v2"}]
+
+
+def test_trigger_survives_the_server_dropping_its_pooled_connections(fresh_pg: Stack) -> None:
+    """The trigger's pool does not ping on checkout; a dropped connection is retried once, not doubled."""
+    m = fresh_pg.manager(NS)
+    Repo(m.settings.ledger_url).register_nodes(NS, {"Echo": node_schema(Echo)}, "test")
+    name = uid()
+    run(m.upsert_graph(name, [GraphNodeModel(node_name="Echo", identifier="a", inputs={"text": "x"})], secrets={}))
+    run(m.trigger(name))
+    database = str(fresh_pg.database_url).rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        dropped = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchone()
+    assert dropped and dropped[0] >= 1
+    run(m.trigger(name))
+    engine = create_engine(str(fresh_pg.database_url).replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(runs)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(states)).scalar() == 2
+    engine.dispose()
 
 
 def test_bad_trigger_calls_raise_and_write_nothing(stack: Stack) -> None:

@@ -57,7 +57,9 @@ def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> E
         engine = _engines.get(key)
         if engine is None:
             if autocommit:
-                engine = create_engine(url, isolation_level="AUTOCOMMIT", **_postgres_options(worker))
+                # Its one user outside workers, `Repo.create_run`, retries a dropped connection itself.
+                options = {**_postgres_options(worker), "pool_pre_ping": False}
+                engine = create_engine(url, isolation_level="AUTOCOMMIT", **options)
             else:
                 engine = _create(url, worker)
             _engines[key] = engine

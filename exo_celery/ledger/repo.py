@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..engine import NewState
 from ..errors import NotFoundError
@@ -239,26 +239,55 @@ class Repo:
         """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names the version
         this repo saw last, and inserts nothing if a newer one was stored since (then it looks again)."""
         key = (namespace, graph_name)
-        with get_engine(self.url, autocommit=True).connect() as conn:
-            for _ in range(10):
-                version = self._seen_versions.get(key) or self._latest_version(conn, namespace, graph_name)
-                run = prepare(version)
-                now = time.time()
-                run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
-                params = {f"r_{k}": v for k, v in run_row.items()}
-                params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})
-                params.update(p_store=run.store_values, p_namespace=namespace, p_name=graph_name)
+        for _ in range(10):
+            version = self._seen_versions.get(key)
+            run: NewRun | None = None
+            for attempt in range(2):
                 try:
-                    inserted = conn.execute(INSERT_RUN_WITH_ROOT, params).first()
-                except IntegrityError:
-                    if cron_key is None:
+                    with get_engine(self.url, autocommit=True).connect() as conn:
+                        version = version or self._latest_version(conn, namespace, graph_name)
+                        run = run or prepare(version)
+                        outcome = self._insert_run(conn, namespace, graph_name, version, run, cron_key, attempt > 0)
+                    break
+                except DBAPIError as exc:
+                    # That pool does not ping on checkout: a connection the server dropped fails once and
+                    # the pool replaces them all. The retry keeps the run id, so an insert that got
+                    # through just before its connection died is found instead of made twice.
+                    if attempt or not exc.connection_invalidated:
                         raise
-                    return None  # the unique cron key: losing the race is expected
-                if inserted is not None:
-                    self._seen_versions[key] = version
-                    return run
-                self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
+            assert version is not None and run is not None
+            if outcome == "inserted":
+                self._seen_versions[key] = version
+                return run
+            if outcome == "duplicate":
+                return None  # the unique cron key: another beat fired it
+            self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
         raise RuntimeError(f"could not trigger graph {graph_name!r}: its version kept changing")
+
+    def _insert_run(
+        self,
+        conn: Connection,
+        namespace: str,
+        graph_name: str,
+        version: int,
+        run: NewRun,
+        cron_key: str | None,
+        retried: bool,
+    ) -> str:
+        """ "inserted", "stale" (a newer version exists) or "duplicate" (the cron key was used)."""
+        now = time.time()
+        run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
+        params = {f"r_{k}": v for k, v in run_row.items()}
+        params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})
+        params.update(p_store=run.store_values, p_namespace=namespace, p_name=graph_name)
+        try:
+            return "inserted" if conn.execute(INSERT_RUN_WITH_ROOT, params).first() is not None else "stale"
+        except IntegrityError:
+            if retried and conn.execute(select(runs.c.id).where(runs.c.id == run.run_id)).first() is not None:
+                return "inserted"
+            if cron_key is None:
+                raise
+            return "duplicate"
 
     @staticmethod
     def _latest_version(conn: Connection, namespace: str, graph_name: str) -> int:
