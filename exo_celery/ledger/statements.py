@@ -26,7 +26,11 @@ def _claim(with_namespace: bool) -> Any:
         states.c.status == QUEUED,
         states.c.due_at <= bindparam("p_latest"),
         or_(states.c.lease_until.is_(None), states.c.lease_until < bindparam("p_now")),
-        ~exists().where(runs.c.id == states.c.run_id, runs.c.status == RunStatus.CANCELLED.value),
+        # A scalar subquery, not NOT EXISTS: the run is found by its key even in a generic plan.
+        select(runs.c.status)
+        .where(runs.c.id == states.c.run_id)
+        .scalar_subquery()
+        .is_distinct_from(RunStatus.CANCELLED.value),
     ]
     if with_namespace:
         conditions.append(states.c.namespace == bindparam("p_namespace"))
@@ -61,7 +65,7 @@ def _claim_starting_run(with_namespace: bool) -> Any:
     claimed = _claim(with_namespace).cte("claimed")
     started = (
         update(runs)
-        .where(runs.c.id == claimed.c.run_id, runs.c.status == RunStatus.PENDING.value)
+        .where(runs.c.id == select(claimed.c.run_id).scalar_subquery(), runs.c.status == RunStatus.PENDING.value)
         .values(status=RunStatus.RUNNING.value, started_at=bindparam("p_now"))
         .returning(runs.c.id)
         .cte("started")
