@@ -32,6 +32,11 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def is_postgres(url: str) -> bool:
+    """True for a PostgreSQL ledger URL (some transitions take fewer statements there)."""
+    return url.startswith("postgresql")
+
+
 def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> Engine:
     """The engine for `url` in this process (a forked worker child gets its own).
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from ..engine import NewState
 from ..errors import NotFoundError
 from ..status import TERMINAL_RUNS, RunStatus, StateStatus
-from .db import get_engine
+from .db import get_engine, is_postgres
 from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
 from .tables import graphs, nodes, runs, scopes, states, store
 
@@ -94,7 +94,7 @@ class Repo:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.postgres = url.startswith("postgresql")
+        self.postgres = is_postgres(url)
         self._seen_versions: dict[tuple[str, str], int] = {}
 
     @property

@@ -53,23 +53,22 @@ CLAIM = _claim(with_namespace=False)
 CLAIM_IN_NAMESPACE = _claim(with_namespace=True)
 """`CLAIM`, for a state of `p_namespace` only."""
 
-START_RUN = (
-    update(runs)
-    .where(runs.c.id == bindparam("p_run"), runs.c.status == RunStatus.PENDING.value)
-    .values(status=RunStatus.RUNNING.value, started_at=bindparam("p_now"))
-)
+
+def _start_run(run_id: Any) -> Any:
+    return (
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status == RunStatus.PENDING.value)
+        .values(status=RunStatus.RUNNING.value, started_at=bindparam("p_now"))
+    )
+
+
+START_RUN = _start_run(bindparam("p_run"))
 """A run becomes RUNNING when its root state is claimed."""
 
 
 def _claim_starting_run(with_namespace: bool) -> Any:
     claimed = _claim(with_namespace).cte("claimed")
-    started = (
-        update(runs)
-        .where(runs.c.id == select(claimed.c.run_id).scalar_subquery(), runs.c.status == RunStatus.PENDING.value)
-        .values(status=RunStatus.RUNNING.value, started_at=bindparam("p_now"))
-        .returning(runs.c.id)
-        .cte("started")
-    )
+    started = _start_run(select(claimed.c.run_id).scalar_subquery()).returning(runs.c.id).cte("started")
     return select(claimed).add_cte(started)
 
 
@@ -87,6 +86,15 @@ FINISH_STATE = update(states).where(*_FINISHABLE)
 """The compare-and-set that records an execution; the columns to set are the other keys of the parameters."""
 
 
+def _finish(columns: tuple[str, ...], *also: Any) -> Any:
+    """FINISH_STATE for use inside a CTE: the columns to set come as `v_<column>` parameters."""
+    return (
+        update(states)
+        .where(*_FINISHABLE, *also)
+        .values({c: bindparam(f"v_{c}", type_=states.c[c].type) for c in columns})
+    )
+
+
 @cache
 def finish_then(columns: tuple[str, ...], then: str) -> Any:
     """FINISH_STATE and, in the same statement, MOVE_SCOPE (`then="scope"`) or MOVE_RUN (`"run"`).
@@ -94,13 +102,7 @@ def finish_then(columns: tuple[str, ...], then: str) -> Any:
     PostgreSQL only (a data-modifying CTE); the columns to set are passed as `v_<column>`. The move
     happens only if the compare-and-set did, so no row back means the state was not ours to finish.
     """
-    finished = (
-        update(states)
-        .where(*_FINISHABLE)
-        .values({c: bindparam(f"v_{c}", type_=states.c[c].type) for c in columns})
-        .returning(states.c.run_id)
-        .cte("finished")
-    )
+    finished = _finish(columns).returning(states.c.run_id).cte("finished")
     return _move_scope(finished) if then == "scope" else _move_run(finished)
 
 
@@ -125,13 +127,8 @@ def finish_in_open_scope(columns: tuple[str, ...]) -> Any:
         .returning(scopes.c.run_id, scopes.c.outstanding)
         .cte("moved")
     )
-    finished = (
-        update(states)
-        .where(*_FINISHABLE, exists(select(moved.c.run_id)))  # by id: a join on run_id may scan the run
-        .values({c: bindparam(f"v_{c}", type_=states.c[c].type) for c in columns})
-        .returning(states.c.id)
-        .cte("finished")
-    )
+    # The state by its id, not joined on run_id: a plan could then scan the whole run.
+    finished = _finish(columns, exists(select(moved.c.run_id))).returning(states.c.id).cte("finished")
     return select(moved.c.outstanding).add_cte(finished)
 
 

@@ -26,7 +26,7 @@ from ..engine import (
 from ..errors import NotFoundError, StateError
 from ..status import FAILED_STATES, RunStatus, StateStatus
 from ..topology import Barrier
-from .db import get_engine
+from .db import get_engine, is_postgres
 from .repo import outputs_of, state_values
 from .statements import (
     CLAIM,
@@ -104,15 +104,11 @@ class Transitions:
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.max_countdown = max_countdown
+        self.postgres = is_postgres(url)  # some transitions take fewer statements (data-modifying CTEs)
 
     @property
     def engine(self) -> Engine:
         return get_engine(self.url, worker=self.worker)
-
-    @property
-    def postgres(self) -> bool:
-        """PostgreSQL runs some transitions in fewer statements (data-modifying CTEs)."""
-        return self.url.startswith("postgresql")
 
     def _status_for_due(self, due_at: float, now: float) -> StateStatus:
         """QUEUED (sent now, with a countdown) when due soon enough; else CREATED (beat releases it)."""
@@ -255,28 +251,21 @@ class Transitions:
                 values["status"] = S.ERRORED.value
                 failed_inc = 1
 
-        if (
-            self.postgres
-            and leaving
-            and not (created or finished or opens or outcome.store_writes or failed_inc)
-            and len(row["scopes"]) == 1
-        ):
+        compare_and_set = {"p_id": row["id"], "p_token": token, **values}
+        no_other_rows = not (created or finished or opens or outcome.store_writes)
+        if self.postgres and leaving and no_other_rows and not failed_inc and len(row["scopes"]) == 1:
             # A leaf inside one region (a fan-out branch that ends): one autocommitted statement,
             # unless it is the region's last state and the barrier must fire (the transaction below).
             with self._autocommit_connection() as conn:
-                alone = _Finish({"p_id": row["id"], "p_token": token, **values})
+                alone = _Finish(compare_and_set)  # neither use changes the dict
                 if alone.in_open_scope(conn, next(iter(row["scopes"].values())), pruned_inc):
                     return Completion(values["status"], [], [])
 
         # A change that is one statement (no new rows, no store writes, no scope that could fire:
         # a leaf outside every region, or a requeue) needs no transaction on PostgreSQL.
-        single = (
-            self.postgres
-            and not (created or finished or opens or outcome.store_writes)
-            and (not row["scopes"] or not leaving)
-        )
+        single = self.postgres and no_other_rows and (not row["scopes"] or not leaving)
         with self._autocommit_connection() if single else self.engine.begin() as conn:
-            finish = _Finish({"p_id": row["id"], "p_token": token, **values})
+            finish = _Finish(compare_and_set)
             if not self.postgres or outcome.store_writes:
                 finish.flush(conn)
 
