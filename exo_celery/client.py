@@ -157,7 +157,12 @@ class StateManager:
         deadline = time.monotonic() + timeout
         while True:
             keys = {(n.namespace or self.namespace, n.node_name) for n in nodes}
-            report = validate_template(nodes, secrets, store_cfg, parsed_triggers, self.repo.registry(keys))
+            registry = self.repo.registry(keys)
+            try:
+                report = validate_template(nodes, secrets, store_cfg, parsed_triggers, registry)
+            except (MemoryError, RecursionError) as exc:  # never a raw interpreter error (issue 13, item 6)
+                problem = f"the template ({len(nodes)} nodes) is too large to validate: {type(exc).__name__}"
+                raise GraphValidationError(str(graph_name), [problem]) from None
             report.errors[:0] = problems
             if report.errors or not report.missing_nodes or time.monotonic() >= deadline:
                 break

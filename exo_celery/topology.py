@@ -9,6 +9,9 @@ the barrier; states of region nodes are counted in the barrier's scope.
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .graph import GraphNodeModel
@@ -31,6 +34,31 @@ class Barrier:
         return self.strategy == JOIN
 
 
+class Lineage(Mapping[str, frozenset[str]]):
+    """Each node's lineage, kept as a link to another node's lineage plus what it adds.
+
+    A chain of n nodes costs O(n) memory this way (full sets would cost O(n^2)); a set is
+    built only when one is asked for.
+    """
+
+    def __init__(self) -> None:
+        self.links: dict[str, tuple[str | None, frozenset[str]]] = {}
+
+    def __getitem__(self, identifier: str) -> frozenset[str]:
+        acc: set[str] = set()
+        link: str | None = identifier
+        while link is not None:
+            link, extra = self.links[link]
+            acc |= extra
+        return frozenset(acc)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.links)
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+
 @dataclass
 class Topology:
     """Everything the validator and the planner need to know about a template's shape."""
@@ -40,11 +68,12 @@ class Topology:
     predecessors: dict[str, list[str]]
     root: str
     order: list[str]
-    ancestors: dict[str, frozenset[str]]
     barriers: dict[str, Barrier] = field(default_factory=dict)
     barrier_order: list[str] = field(default_factory=list)
-    lineage: dict[str, frozenset[str]] = field(default_factory=dict)
+    lineage: Lineage = field(default_factory=Lineage)
     gathers: dict[str, frozenset[str]] = field(default_factory=dict)
+    _members: dict[str, list[Barrier]] = field(default_factory=dict, repr=False)
+    _openers: dict[str, list[Barrier]] = field(default_factory=dict, repr=False)
 
     def direct_children(self, identifier: str) -> list[str]:
         """Successors created directly when `identifier` succeeds (barriers fire on their own)."""
@@ -52,56 +81,157 @@ class Topology:
 
     def member_of(self, identifier: str) -> list[Barrier]:
         """Barriers whose region holds `identifier`, inner ones first."""
-        return [self.barriers[b] for b in self.barrier_order if identifier in self.barriers[b].region]
+        return self._members.get(identifier, [])
 
     def opened_by(self, identifier: str) -> list[Barrier]:
         """Barriers that wait on `identifier`, inner ones first."""
-        return [self.barriers[b] for b in self.barrier_order if self.barriers[b].over == identifier]
+        return self._openers.get(identifier, [])
 
     def readable(self, identifier: str) -> frozenset[str]:
         """Identifiers whose outputs a placeholder in `identifier` may name."""
-        return self.lineage[identifier] | self.gathers[identifier]
+        return self.lineage[identifier] | self.gathers.get(identifier, frozenset())
+
+    def unreadable(self, wanted: dict[str, set[str]]) -> dict[str, set[str]]:
+        """For each node of `wanted`, the names it wants that it may not read (one pass, linear).
+
+        Walks the tree of lineage links depth first, keeping a count of the identifiers on
+        the current lineage, so no node's full lineage is ever built.
+        """
+        children: dict[str, list[str]] = {}
+        for ident, (base, _) in self.lineage.links.items():
+            if base is not None:
+                children.setdefault(base, []).append(ident)
+        on_path: Counter[str] = Counter()
+        result: dict[str, set[str]] = {}
+        stack: list[tuple[str, bool]] = [(self.root, True)]
+        while stack:
+            ident, entering = stack.pop()
+            extra = self.lineage.links[ident][1]
+            if not entering:
+                on_path.subtract(extra)
+                continue
+            on_path.update(extra)
+            gathers = self.gathers.get(ident, frozenset())
+            missing = {n for n in wanted.get(ident, ()) if on_path[n] <= 0 and n not in gathers}
+            if missing:
+                result[ident] = missing
+            stack.append((ident, False))
+            stack.extend((c, True) for c in children.get(ident, []))
+        return result
 
 
-def _descendants(start: str, successors: dict[str, list[str]]) -> set[str]:
+def _reach(start: str, edges: dict[str, list[str]], keep: Callable[[str], bool] = lambda _: True) -> set[str]:
+    """Nodes reachable from `start` along `edges` (not `start` itself), through nodes `keep` accepts."""
     seen: set[str] = set()
-    stack = list(successors[start])
+    stack = [n for n in edges[start] if keep(n)]
     while stack:
         n = stack.pop()
         if n not in seen:
             seen.add(n)
-            stack.extend(successors[n])
+            stack.extend(m for m in edges[n] if keep(m) and m not in seen)
     return seen
 
 
+def _between(over: str, node: str, topo: Topology, index: dict[str, int]) -> tuple[set[str], set[str]]:
+    """(nodes on a path from `over` to `node`, ancestors of `node` after `over` in topological order).
+
+    Both searches stay inside the window of the topological order between the two nodes.
+    """
+    lo, hi = index[over], index[node]
+    down = _reach(over, topo.successors, lambda n: index[n] <= hi)
+    up = _reach(node, topo.predecessors, lambda n: index[n] >= lo)
+    return (down & up) - {node}, up
+
+
+def _nearest_common(preds: list[str], topo: Topology, index: dict[str, int]) -> list[str]:
+    """Common ancestors (or selves) of `preds` that have no common descendant.
+
+    Walks up from the predecessors in decreasing topological order, marking which
+    predecessors reach each node. It stops when one open node is left and every
+    predecessor reaches it: every node above is its ancestor, hence not nearest.
+    """
+    full = (1 << len(preds)) - 1
+    mask = {p: 1 << bit for bit, p in enumerate(preds)}
+    heap = [(-index[p], p) for p in mask]
+    heapq.heapify(heap)
+    open_partial = sum(1 for m in mask.values() if m != full)
+    nearest: list[str] = []
+    while heap and not (open_partial == 0 and len(heap) == 1):
+        _, n = heapq.heappop(heap)
+        m = mask[n]
+        if m != full:
+            open_partial -= 1
+        elif not any(mask.get(s) == full for s in topo.successors[n]):
+            nearest.append(n)
+        for p in topo.predecessors[n]:
+            before = mask.get(p)
+            if before is None:
+                heapq.heappush(heap, (-index[p], p))
+                mask[p] = m
+                open_partial += m != full
+            else:
+                mask[p] = before | m
+                open_partial -= before != full and mask[p] == full
+    for _, n in heap:
+        if mask[n] == full and not any(mask.get(s) == full for s in topo.successors[n]):
+            nearest.append(n)
+    return nearest
+
+
+def _peel_cycle(stuck: set[str], after: dict[str, list[str]]) -> set[str]:
+    """The nodes of `stuck` that are on a cycle or lead into one (merely downstream nodes removed)."""
+    before: dict[str, list[str]] = {i: [] for i in stuck}
+    out = {i: 0 for i in stuck}
+    for i in stuck:
+        for t in after[i]:
+            if t in stuck:
+                out[i] += 1
+                before[t].append(i)
+    queue = [i for i, n in out.items() if n == 0]
+    while queue:
+        i = queue.pop()
+        stuck.discard(i)
+        for p in before[i]:
+            out[p] -= 1
+            if out[p] == 0:
+                queue.append(p)
+    return stuck
+
+
 def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
-    """The template's topology, or None with every structural problem found."""
+    """The template's topology, or None with every structural problem found (near-linear in size)."""
     errors: list[str] = []
     by_id: dict[str, GraphNodeModel] = {}
+    duplicates: set[str] = set()
     for n in nodes:
         if n.identifier not in by_id:
             by_id[n.identifier] = n
-        elif f"duplicate identifier {n.identifier!r}" not in errors:
+        elif n.identifier not in duplicates:
+            duplicates.add(n.identifier)
             errors.append(f"duplicate identifier {n.identifier!r}")
     successors: dict[str, list[str]] = {i: [] for i in by_id}
     predecessors: dict[str, list[str]] = {i: [] for i in by_id}
     # Every entry is checked, duplicates included, so no problem hides behind a duplicate.
     for n in nodes:
+        linked = set(successors[n.identifier])
         for nxt in dict.fromkeys(n.next_nodes or []):
             if nxt not in by_id:
                 errors.append(f"node {n.identifier!r}: next_nodes names unknown node {nxt!r}")
             elif nxt == n.identifier:
                 errors.append(f"node {n.identifier!r}: next_nodes names itself (cycle)")
-            elif nxt not in successors[n.identifier]:
+            elif nxt not in linked:
+                linked.add(nxt)
                 successors[n.identifier].append(nxt)
                 predecessors[nxt].append(n.identifier)
         if n.unites is not None and n.unites.identifier not in by_id:
             errors.append(f"node {n.identifier!r}: unites names unknown node {n.unites.identifier!r}")
     roots = [i for i, n in by_id.items() if not predecessors[i] and n.unites is None]
     if len(roots) != 1:
+        shown = sorted(roots)
+        listed = shown if len(shown) <= 20 else [*shown[:20], f"... {len(shown) - 20} more"]
         errors.append(
             f"a graph needs exactly one root (a node with no incoming edge and no unites), found "
-            f"{len(roots)}: {sorted(roots)}"
+            f"{len(roots)}: {listed}"
         )
 
     # Kahn's algorithm: a cycle leaves nodes unordered. A unite with no incoming
@@ -121,46 +251,33 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
             if indegree[nxt] == 0:
                 order.append(nxt)
     if len(order) != len(by_id):
-        stuck = {i for i in by_id if indegree[i] > 0}
         # Nodes merely downstream of a cycle are stuck too; peel them off to name the cycle itself.
-        peeled = True
-        while peeled:
-            peeled = False
-            for i in sorted(stuck):
-                if not any(t in stuck for t in after[i]):
-                    stuck.discard(i)
-                    peeled = True
-        errors.append(f"cycle in next_nodes (or unites) through {sorted(stuck)}")
+        stuck = _peel_cycle({i for i in by_id if indegree[i] > 0}, after)
+        shown = sorted(stuck)
+        listed = shown if len(shown) <= 20 else [*shown[:20], f"... {len(shown) - 20} more"]
+        errors.append(f"cycle in next_nodes (or unites) through {listed}")
     if errors:
         return None, errors
 
-    ancestors: dict[str, frozenset[str]] = {}
-    for node in order:
-        acc: set[str] = set()
-        for p in predecessors[node]:
-            acc |= ancestors[p] | {p}
-        ancestors[node] = frozenset(acc)
-    descendants = {i: frozenset(_descendants(i, successors)) for i in by_id}
-
-    topo = Topology(by_id, successors, predecessors, roots[0], order, ancestors)
+    index = {n: i for i, n in enumerate(order)}
+    topo = Topology(by_id, successors, predecessors, roots[0], order)
     for node in order:
         spec = by_id[node]
         if spec.unites is not None:
             over = spec.unites.identifier
             if predecessors[node]:
-                if over not in ancestors[node]:
+                region, up = _between(over, node, topo, index)
+                if over not in up:
                     errors.append(f"node {node!r}: unites {over!r}, which is not an ancestor of {node!r}")
                     continue
-                region = (descendants[over] & ancestors[node]) - {node}
                 for p in predecessors[node]:
                     if p != over and p not in region:
                         errors.append(f"node {node!r}: predecessor {p!r} is not downstream of the united node {over!r}")
             else:
-                region = descendants[over] - {node} - descendants[node]
+                region = _reach(over, successors) - {node} - _reach(node, successors)
             topo.barriers[node] = Barrier(node, over, spec.unites.strategy.value, frozenset(region))
         elif len(predecessors[node]) > 1:
-            common = frozenset.intersection(*(ancestors[p] | {p} for p in predecessors[node]))
-            nearest = [c for c in common if not (descendants[c] & common)]
+            nearest = _nearest_common(predecessors[node], topo, index)
             if len(nearest) != 1:
                 errors.append(
                     f"node {node!r}: its predecessors {predecessors[node]} have no single nearest "
@@ -168,33 +285,42 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
                 )
                 continue
             over = nearest[0]
-            region = (descendants[over] & ancestors[node]) - {node}
+            region, _ = _between(over, node, topo, index)
             topo.barriers[node] = Barrier(node, over, JOIN, frozenset(region))
     if errors:
         return None, errors
 
-    # Inner barriers before the barriers whose region holds them.
-    pending = [b for b in order if b in topo.barriers]
-    while pending:
-        for b in pending:
-            if not any(b != o and o in topo.barriers[b].region for o in pending):
-                topo.barrier_order.append(b)
-                pending.remove(b)
-                break
-        else:  # pragma: no cover - regions of a DAG always nest
-            topo.barrier_order.extend(pending)
-            break
+    # Inner barriers before the barriers whose region holds them, else in topological order.
+    inner_of = {b: [o for o in barrier.region if o in topo.barriers] for b, barrier in topo.barriers.items()}
+    waiting = {b: len(inner) for b, inner in inner_of.items()}
+    outer_of: dict[str, list[str]] = {b: [] for b in topo.barriers}
+    for b, inner in inner_of.items():
+        for o in inner:
+            outer_of[o].append(b)
+    ready = [(index[b], b) for b, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    while ready:
+        _, b = heapq.heappop(ready)
+        topo.barrier_order.append(b)
+        for o in outer_of[b]:
+            waiting[o] -= 1
+            if waiting[o] == 0:
+                heapq.heappush(ready, (index[o], o))
+    for b in topo.barrier_order:
+        barrier = topo.barriers[b]
+        topo._openers.setdefault(barrier.over, []).append(barrier)
+        for ident in barrier.region:
+            topo._members.setdefault(ident, []).append(barrier)
 
+    links = topo.lineage.links
     for node in order:
         barrier = topo.barriers.get(node)
         if barrier is None:
             preds = predecessors[node]
-            topo.lineage[node] = topo.lineage[preds[0]] | {preds[0]} if preds else frozenset()
-            topo.gathers[node] = frozenset()
+            links[node] = (preds[0], frozenset((preds[0],))) if preds else (None, frozenset())
         elif barrier.strategy == JOIN:
-            topo.lineage[node] = topo.lineage[barrier.over] | {barrier.over} | barrier.region
-            topo.gathers[node] = frozenset()
+            links[node] = (barrier.over, barrier.region | {barrier.over})
         else:
-            topo.lineage[node] = topo.lineage[barrier.over]
+            links[node] = (barrier.over, frozenset())
             topo.gathers[node] = barrier.region | {barrier.over}
     return topo, []

@@ -92,12 +92,17 @@ def validate_template(
     errors.extend(structural)
     report.topology = topology
     identifiers = {n.identifier for n in nodes}
+    missing: set[tuple[str, str]] = set()
+    # Lineage checks are answered in one pass at the end: a per-node lineage set is quadratic.
+    lineage_refs: list[tuple[str, str, Any]] = []
 
     for n in nodes:
-        schema = registry.get((n.namespace or "", n.node_name))
+        key = (n.namespace or "", n.node_name)
+        schema = registry.get(key)
         if schema is None:
-            if (n.namespace or "", n.node_name) not in report.missing_nodes:
-                report.missing_nodes.append((n.namespace or "", n.node_name))
+            if key not in missing:
+                missing.add(key)
+                report.missing_nodes.append(key)
         else:
             for name in schema["required_inputs"]:
                 if name not in n.inputs:
@@ -118,19 +123,24 @@ def validate_template(
             for ref in refs:
                 if ref.kind == "store":
                     continue
-                where = f"node {n.identifier!r}: input {field_name!r}: {ref}"
                 if ref.name not in identifiers:
-                    errors.append(f"{where} names unknown node {ref.name!r}")
-                elif topology is None:
-                    continue  # lineage is unknown while the structure is broken
-                elif ref.name not in topology.readable(n.identifier):
-                    errors.append(f"{where} names {ref.name!r}, which is not an ancestor on this node's lineage")
-                else:
-                    source = topology.nodes[ref.name]
-                    source_schema = registry.get((source.namespace or "", source.node_name))
-                    if source_schema is not None and ref.field not in source_schema["outputs"]:
-                        errors.append(
-                            f"{where}: {source.node_name} has no output field {ref.field!r} "
-                            f"(it has {source_schema['outputs']})"
-                        )
+                    errors.append(f"node {n.identifier!r}: input {field_name!r}: {ref} names unknown node {ref.name!r}")
+                elif topology is not None:  # lineage is unknown while the structure is broken
+                    lineage_refs.append((n.identifier, field_name, ref))
+    if topology is not None:
+        wanted: dict[str, set[str]] = {}
+        for ident, _, ref in lineage_refs:
+            wanted.setdefault(ident, set()).add(ref.name)
+        unreadable = topology.unreadable(wanted)
+        for ident, field_name, ref in lineage_refs:
+            where = f"node {ident!r}: input {field_name!r}: {ref}"
+            if ref.name in unreadable.get(ident, ()):
+                errors.append(f"{where} names {ref.name!r}, which is not an ancestor on this node's lineage")
+                continue
+            source = topology.nodes[ref.name]
+            source_schema = registry.get((source.namespace or "", source.node_name))
+            if source_schema is not None and ref.field not in source_schema["outputs"]:
+                errors.append(
+                    f"{where}: {source.node_name} has no output field {ref.field!r} (it has {source_schema['outputs']})"
+                )
     return report
