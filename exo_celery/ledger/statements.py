@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import JSON, bindparam, case, exists, func, insert, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..status import RunStatus, StateStatus
 from .tables import graphs, runs, scopes, states, store
@@ -202,3 +203,18 @@ INSERT_RUN_WITH_ROOT = _insert_run_with_root()
 """PostgreSQL: a run (`r_<column>`), its store (`p_store`, a JSON object) and its root state
 (`s_<column>`) in one statement, so a trigger is one round trip and needs no transaction. Nothing
 is inserted (no row returned) unless `r_graph_version` is still the graph's newest version."""
+
+
+def upsert_store(dialect: str, run_id: str, writes: dict[str, str]) -> Any:
+    """One statement that sets store keys, inserting or overwriting each (issue 13, item 10).
+
+    An UPDATE then an INSERT let two states writing the same new key at once collide on the
+    primary key; ``INSERT ... ON CONFLICT DO UPDATE`` (PostgreSQL and SQLite alike) makes the
+    later writer win instead. Keys go in sorted order so concurrent writers lock rows in one order.
+    """
+    rows = [{"run_id": run_id, "key": key, "value": writes[key]} for key in sorted(writes)]
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = make(store).values(rows)
+    return statement.on_conflict_do_update(
+        index_elements=[store.c.run_id, store.c.key], set_={"value": statement.excluded.value}
+    )

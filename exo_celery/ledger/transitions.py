@@ -39,6 +39,7 @@ from .statements import (
     START_RUN,
     finish_in_open_scope,
     finish_then,
+    upsert_store,
 )
 from .tables import runs, scopes, states, store
 
@@ -688,9 +689,4 @@ def _read_store(conn: Connection, run_id: str) -> dict[str, str]:
 
 
 def _write_store(conn: Connection, run_id: str, writes: dict[str, str]) -> None:
-    for key, value in writes.items():
-        done = conn.execute(
-            update(store).where(store.c.run_id == run_id, store.c.key == key).values(value=value)
-        ).rowcount
-        if not done:
-            conn.execute(insert(store).values(run_id=run_id, key=key, value=value))
+    conn.execute(upsert_store(conn.dialect.name, run_id, writes))
