@@ -7,27 +7,102 @@ processes are safe: every step is a compare-and-set or a unique insert.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 from celery.beat import Scheduler
+from kombu.exceptions import ChannelError, KombuError
 
-from .celery_app import make_app, publish
+from .celery_app import is_rabbitmq, make_app, publish, queue_name
 from .client import StateManager
 from .cron import fire_times
 from .engine import CompiledGraph
 from .errors import ExoError
 from .ledger.repo import Repo
-from .ledger.transitions import Transitions
+from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
 
 log = logging.getLogger("exo_celery.beat")
 
 PURGE_EVERY = 60.0
 PURGE_BUDGET = 2.0  # seconds of purging per round at most; a full batch means more is due next round
+
+
+def likely_lost(waiting: int, queued: int, in_flight: int) -> int:
+    """The sweep's re-send rule for never-claimed states of one queue (issue 13, item 11).
+
+    `waiting` states of the queue are QUEUED, due and never claimed: each one's message is in the
+    queue (`queued` ready messages), delivered to a worker and not yet claimed (`in_flight`), or
+    lost. Queues are FIFO, so the missing messages are those of the states dispatched first; the
+    caller re-sends that many of the oldest (and only those dispatched over a lease ago). Stale
+    copies of finished states count as messages, so the rule errs towards re-sending too little, never
+    towards a storm; what it misses is re-sent once the backlog drains. A state whose lease expired
+    after a claim is certainly lost and is re-sent without asking the broker (`Transitions.recover`).
+    """
+    return max(0, waiting - queued - in_flight)
+
+
+def queue_of(settings: Settings, namespace: str, node_name: str) -> str:
+    """The queue a node's messages go to (one place, so a per-node routing changes only this)."""
+    return queue_name(settings, namespace)
+
+
+def broker_load(app: Celery, queues: list[str], recent: float) -> dict[str, tuple[int, int]] | None:
+    """(ready messages, delivered but unacknowledged messages) per queue, or None if the broker is unreachable.
+
+    Redis: LLEN of the queue (all priority lists) and the entries of kombu's `unacked` hash routed
+    to it and delivered less than `recent` seconds ago (older ones may belong to a dead worker).
+    RabbitMQ: the message count of a passive queue_declare, and as unacknowledged its consumers
+    times one worker's prefetch (an estimate). Other transports (the embedded default): the messages
+    in the queue's folder, and one worker's prefetch while the queue holds a backlog.
+    """
+    prefetch = int(app.conf.worker_prefetch_multiplier or 1) * int(app.conf.worker_concurrency or os.cpu_count() or 1)
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.default_channel
+            url = app.conf.broker_url or ""
+            if conn.transport.driver_type == "redis":
+                # Only deliveries younger than `recent` count: a dead worker's unacknowledged messages
+                # stay in the hash until the visibility timeout, and must not hide lost states.
+                routed: Counter[str] = Counter()
+                client = channel.client
+                tags = client.zrangebyscore(channel.unacked_index_key, time.time() - recent, "+inf")
+                for raw in client.hmget(channel.unacked_key, tags) if tags else []:
+                    try:
+                        routed[json.loads(raw)[2]] += 1
+                    except (ValueError, IndexError, TypeError):
+                        continue
+                for q in queues:
+                    found[q] = (int(channel._size(q)), routed[q])
+            elif is_rabbitmq(url) or conn.transport.driver_type == "amqp":
+                for q in queues:
+                    try:
+                        _, ready, consumers = channel.queue_declare(queue=q, passive=True)
+                    except ChannelError:  # no such queue: nothing in it (and the channel is closed)
+                        channel = conn.channel()
+                        ready, consumers = 0, 0
+                    found[q] = (int(ready), int(consumers) * prefetch)
+            else:
+                for q in queues:
+                    ready = int(channel._size(q)) if channel._has_queue(q) else 0
+                    found[q] = (ready, prefetch if ready else 0)
+    except (KombuError, OSError, ConnectionError) as exc:
+        log.debug("broker unreachable for the sweep (%s): never-claimed states wait", exc)
+        return None
+    except Exception as exc:  # a transport-specific error (redis-py, amqp): same as unreachable
+        if "redis" in type(exc).__module__ or "amqp" in type(exc).__module__:
+            log.debug("broker unreachable for the sweep (%s): never-claimed states wait", exc)
+            return None
+        raise
+    return found
 
 
 class Beat:
@@ -58,7 +133,7 @@ class Beat:
         if now - self._last_sweep >= self.settings.sweep_interval:
             self._last_sweep = now
             due = self.transitions.release_due(self.horizon)
-            lost = self.transitions.recover()
+            lost = self.transitions.recover() + self.resend_unclaimed()
             for d, why in [*((d, "QUEUED") for d in due), *((d, "QUEUED (re-sent)") for d in lost)]:
                 log.info(
                     "run=%s state=%s graph=%s identifier=%s status=%s",
@@ -84,6 +159,23 @@ class Beat:
             if purged:
                 log.info("purged %d finished run(s) past retention", purged)
         return min(1.0, self.settings.sweep_interval)
+
+    def resend_unclaimed(self) -> list[Dispatch]:
+        """Never-claimed states whose message the broker no longer holds, by `likely_lost`."""
+        by_queue: dict[str, tuple[list[tuple[str, str]], int]] = {}
+        for ns, node, count in self.transitions.waiting_unclaimed():
+            nodes, waiting = by_queue.get(queue_of(self.settings, ns, node), ([], 0))
+            by_queue[queue_of(self.settings, ns, node)] = ([*nodes, (ns, node)], waiting + count)
+        if not by_queue:
+            return []
+        load = broker_load(self.app, sorted(by_queue), self.settings.lease_seconds)
+        if load is None:
+            return []
+        resent: list[Dispatch] = []
+        for q, (nodes, waiting) in by_queue.items():
+            queued, in_flight = load.get(q, (0, 0))
+            resent += self.transitions.resend_oldest(nodes, likely_lost(waiting, queued, in_flight))
+        return resent
 
     def fire_crons(self, now: float) -> int:
         """Trigger every graph whose cron time passed since the last check (once, across beats)."""

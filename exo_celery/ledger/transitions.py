@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from ..engine import (
     CompiledGraph,
@@ -545,34 +545,59 @@ class Transitions:
         )
 
     def recover(self, limit: int = 2000) -> list[Dispatch]:
-        """States whose worker died (lease expired) or whose message never arrived: publish them again."""
+        """States whose worker died (their lease expired after a claim): certainly lost, publish them again.
+
+        States never claimed are not re-sent here: whether their message is lost depends on what the
+        broker still holds (`waiting_unclaimed` and `resend_oldest`, driven by beat's sweep).
+        """
         now = time.time()
         expired = select(states.c.id).where(states.c.status == S.QUEUED.value, states.c.lease_until < now).limit(limit)
-        found = self._mark_dispatched(
+        return self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(expired.scalar_subquery()), states.c.lease_until < now)
             .values(lease_token=None, lease_until=None, dispatched_at=now),
             now,
         )
+
+    def waiting_unclaimed(self) -> list[tuple[str, str, int]]:
+        """(namespace, node_name, count) of QUEUED states never claimed and due: their messages should be
+        in the broker (queued or delivered and not yet claimed), or they are lost."""
+        now = time.time()
+        waiting = (
+            select(states.c.namespace, states.c.node_name, func.count())
+            .where(states.c.status == S.QUEUED.value, states.c.lease_until.is_(None), states.c.due_at <= now)
+            .group_by(states.c.namespace, states.c.node_name)
+        )
+        with self.engine.connect() as conn:
+            return [(ns, node, int(n)) for ns, node, n in conn.execute(waiting).all()]
+
+    def resend_oldest(self, nodes: list[tuple[str, str]], count: int) -> list[Dispatch]:
+        """Mark for re-sending the `count` never-claimed states of these (namespace, node_name) pairs that
+        were dispatched first (a FIFO queue delivers those first, so theirs are the messages missing),
+        skipping any dispatched or due less than a lease ago."""
+        if count <= 0 or not nodes:
+            return []
+        now = time.time()
         stale = now - self.lease_seconds
-        lost = (
-            select(states.c.id)
+        oldest = (
+            select(states.c.id, states.c.dispatched_at, states.c.due_at)
             .where(
                 states.c.status == S.QUEUED.value,
                 states.c.lease_until.is_(None),
-                states.c.dispatched_at < stale,
-                states.c.due_at < stale,
+                states.c.due_at <= now,
+                or_(*(and_(states.c.namespace == ns, states.c.node_name == node) for ns, node in nodes)),
             )
-            .limit(limit)
+            .order_by(states.c.dispatched_at)
+            .limit(count)
+            .subquery()
         )
-        # A backlog can look lost too: each re-send pushes the next one a lease further away.
-        found += self._mark_dispatched(
+        chosen = select(oldest.c.id).where(oldest.c.dispatched_at < stale, oldest.c.due_at < stale)
+        return self._mark_dispatched(
             update(states)
-            .where(states.c.id.in_(lost.scalar_subquery()), states.c.lease_until.is_(None))
-            .values(dispatched_at=now + self.lease_seconds),
+            .where(states.c.id.in_(chosen.scalar_subquery()), states.c.lease_until.is_(None))
+            .values(dispatched_at=now),
             now,
         )
-        return found
 
     def _mark_dispatched(self, statement: Any, now: float) -> list[Dispatch]:
         with self.engine.begin() as conn:
