@@ -221,7 +221,10 @@ def pool_name(pool: Any) -> str:
         alias = pool.strip().lower()
         return "prefork" if alias == "processes" else alias
     module = getattr(pool, "__module__", "") or ""
-    return {"thread": "threads", "prefork": "prefork", "solo": "solo"}.get(module.rsplit(".", 1)[-1], module)
+    if not module.startswith("celery.concurrency."):
+        return f"{module}:{getattr(pool, '__qualname__', pool)}"
+    last = module.rsplit(".", 1)[-1]
+    return "threads" if last == "thread" else last
 
 
 def pool_problem(pool: Any) -> str | None:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 _engines: dict[tuple[int, str, bool, bool], Engine] = {}
 _lock = threading.Lock()
 
+WORKER_APPLICATION_NAME = "exo_celery worker"  # what pg_stat_activity shows for a worker's connections
 MAX_POOL_SIZE = 16  # connections a worker process keeps for its transitions, whatever its concurrency
 # Executions at once in this process, once a worker said so (`size_worker_pools`); None: not a worker.
 _executions: int | None = None
@@ -105,9 +106,13 @@ def _create(url: str, worker: bool = False) -> Engine:
 def _pool_options(worker: bool) -> dict[str, Any]:
     if _executions is None:
         return {"pool_size": 5, "max_overflow": 10}
-    if worker:
-        return {"pool_size": min(_executions, MAX_POOL_SIZE), "max_overflow": 1}
-    return {"pool_size": 1, "max_overflow": 1}
+    return {"pool_size": min(_executions, MAX_POOL_SIZE) if worker else 1, "max_overflow": 1}
+
+
+def _connect_args(**args: Any) -> dict[str, Any]:
+    if _executions is not None:
+        args["application_name"] = WORKER_APPLICATION_NAME
+    return args
 
 
 def pgbouncer_url(url: str) -> tuple[str, bool]:
@@ -135,7 +140,8 @@ def _postgres_options(worker: bool, pgbouncer: bool = False) -> dict[str, Any]:
     if pgbouncer:
         # No session options and no prepared statements: each statement is planned for its values anyway
         # (what plan_cache_mode=force_custom_plan asks for below); see pgbouncer_url.
-        return {"pool_pre_ping": not worker, **_pool_options(worker), "connect_args": {"prepare_threshold": None}}
+        connect_args = _connect_args(prepare_threshold=None)
+        return {"pool_pre_ping": not worker, **_pool_options(worker), "connect_args": connect_args}
     # psycopg prepares a statement after its fifth run, and PostgreSQL may then switch it to a generic
     # plan chosen from the table statistics of that moment: a plan made while a run was small kept
     # scanning it as it grew (a branch's completion went from 0.4 to 1.2 ms at width 5,000). Custom
@@ -143,8 +149,8 @@ def _postgres_options(worker: bool, pgbouncer: bool = False) -> dict[str, Any]:
     # (The client's statements, a trigger's INSERT above all, touch one row by key: they keep them.)
     if worker:
         options = "-c synchronous_commit=off -c plan_cache_mode=force_custom_plan"
-        return {**_pool_options(True), "connect_args": {"options": options}}
-    return {"pool_pre_ping": True, **_pool_options(False)}
+        return {**_pool_options(True), "connect_args": _connect_args(options=options)}
+    return {"pool_pre_ping": True, **_pool_options(False), "connect_args": _connect_args()}
 
 
 def _create_tables(engine: Engine) -> None:
