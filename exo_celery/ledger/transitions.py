@@ -517,7 +517,8 @@ class Transitions:
         return dict(created), [dispatch_of(dict(created))]
 
     def cancel(self, run_id: str) -> dict[str, Any]:
-        """Cancel a run: waiting states become CANCELLED; running ones finish without children."""
+        """Cancel a run: its waiting and executing states become CANCELLED (executing ones lose their lease,
+        which their worker notices and stops the node; whatever they return is not recorded)."""
         now = time.time()
         with self.engine.begin() as conn:
             run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
