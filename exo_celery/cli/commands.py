@@ -396,7 +396,7 @@ def cancel(
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Cancel a run: waiting states are CANCELLED, running ones finish without children."""
+    """Cancel a run: its states never run, executing ones are stopped (see docs/execution.md)."""
     result = _manager(_namespace(ctx, namespace)).cancel_sync(run_id)
     if _json(ctx, as_json):
         print_json(result)
