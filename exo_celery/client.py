@@ -394,8 +394,11 @@ class StateManager:
         }
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
-        """Cancel a run: waiting states are CANCELLED, running ones finish without children."""
+        """Cancel a run: its states are CANCELLED at once and never run; executing ones are stopped by their worker
+        within about a second (an async node's task is cancelled; a sync node is interrupted, see
+        docs/execution.md) and their outcome is discarded: no outputs, no children."""
         return await asyncio.to_thread(self.cancel_sync, run_id)
 
     def cancel_sync(self, run_id: str) -> dict[str, Any]:
+        """Blocking form of `cancel`."""
         return self._run_view(self.transitions.cancel(_check_id("run", run_id)), self.repo.state_counts(run_id))

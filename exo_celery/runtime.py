@@ -11,11 +11,15 @@ from celery.signals import worker_init
 
 from .celery_app import make_app, queue_name
 from .errors import ConfigError
+from .ledger.db import forget_engines, size_worker_pools
 from .ledger.repo import Repo
 from .node import is_node_class, node_schema
 from .settings import Settings, load_settings
-from .tasks import Worker, register_node_tasks
+from .tasks import Worker, executions_per_process, pool_name, pool_problem, register_node_tasks
 from .validate import name_problem
+
+DEFAULT_WORKERS = 4  # Exosphere's Runtime(workers=4)
+DEFAULT_POOL = "threads"  # async nodes share one loop per process; sync nodes run in the pool's threads
 
 
 class Runtime:
@@ -53,11 +57,19 @@ class Runtime:
         self.name = name
         self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
-        # exospherehost's Runtime(workers=N) maps to the worker's process count.
-        self.concurrency = concurrency or _exosphere_options.get("workers")
-        self.pool = pool
+        # Exosphere's Runtime(workers=N): N node executions at once, by default N threads of one process
+        # sharing one asyncio loop for async nodes (not N processes).
+        self.concurrency: int = concurrency or _exosphere_options.get("workers") or DEFAULT_WORKERS
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError(f"workers/concurrency must be a positive integer, got {self.concurrency!r}")
+        self.pool: str = pool_name(pool or DEFAULT_POOL)
+        if (problem := pool_problem(self.pool)) is not None:
+            raise ConfigError(problem)
         self.loglevel = loglevel
         self.app: Celery = make_app(self.settings, main=f"exo_celery.{namespace}")
+        # `celery -A ... worker` without -P/-c gets the same defaults as start().
+        self.app.conf.worker_pool = self.pool
+        self.app.conf.worker_concurrency = self.concurrency
         self.worker: Worker = register_node_tasks(self.app, self.settings, namespace, self.nodes)
         worker_init.connect(self._on_worker_init, weak=False)
 
@@ -71,20 +83,23 @@ class Runtime:
         Repo(self.settings.ledger_url).register_nodes(self.namespace, schemas, self.name)
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is self.app:
-            self.register()
+        if getattr(sender, "app", None) is not self.app:
+            return
+        # Also reached by `celery -A ... worker -P X -c N`, which bypasses the checks of __init__.
+        if (problem := pool_problem(sender.pool_cls)) is not None:
+            logging.getLogger("exo_celery.worker").error("%s", problem)
+            raise SystemExit(f"exo_celery: {problem}")
+        concurrency = sender.concurrency if isinstance(sender.concurrency, int) else self.concurrency
+        size_worker_pools(executions_per_process(sender.pool_cls, concurrency))
+        self.register()
+        forget_engines()  # a prefork parent executes nothing: its registration connection is not kept
 
     def worker_argv(self) -> list[str]:
         """The `celery worker` arguments `start()` uses."""
         argv = ["worker", "-Q", self.queue, "-n", f"{self.name}@%h", f"--loglevel={self.loglevel}", "-E"]
-        if self.concurrency:
-            argv += ["-c", str(self.concurrency)]
-        if self.pool:
-            argv += ["-P", self.pool]
-        return argv
+        return [*argv, "-c", str(self.concurrency), "-P", self.pool]
 
     def start(self) -> None:
-        """Register the nodes and run the worker until it is stopped (blocks)."""
+        """Run the worker until it is stopped (blocks); it registers the nodes as it starts."""
         logging.getLogger("exo_celery").setLevel(self.loglevel.upper())
-        self.register()
         self.app.worker_main(self.worker_argv())

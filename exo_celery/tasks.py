@@ -8,49 +8,71 @@ import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .celery_app import publish, task_name
 from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
-from .execute import run_node
+from .execute import Execution, run_node
 from .ledger.repo import Repo
 from .ledger.transitions import MAX_DELIVERIES, Completion, Outcome, Transitions, dispatch_of
 from .settings import Settings
+from .status import FAILED_STATES
 
 log = logging.getLogger("exo_celery.worker")
 
 
-class Heartbeat:
-    """Renews the leases of the states this process is executing, however long they run."""
+CANCEL_CHECK_SECONDS = 1.0  # how soon an executing state's cancel stops its node
 
-    def __init__(self, transitions: Transitions, period: float) -> None:
+
+class StateErrored(Exception):
+    """Raised from a node's task when its state ended ERRORED, so Celery and Flower record a FAILURE.
+
+    Its text is the state's error with secrets and input values taken out.
+    """
+
+
+class Heartbeat:
+    """Renews the leases of the states this process is executing, however long they run, and stops an
+    execution whose lease is gone (its run was cancelled, or its state was taken over) within about a second."""
+
+    def __init__(self, transitions: Transitions, period: float, check_period: float = CANCEL_CHECK_SECONDS) -> None:
         self.transitions = transitions
         self.period = period
-        self.tokens: set[str] = set()
+        self.check_period = min(check_period, period)
+        self.running: dict[str, tuple[str, Execution]] = {}  # state id -> (lease token, execution)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def track(self, token: str) -> None:
+    def track(self, state_id: str, token: str, execution: Execution) -> None:
         with self._lock:
-            self.tokens.add(token)
+            self.running[state_id] = (token, execution)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="exo-lease", daemon=True)
                 self._thread.start()
 
-    def untrack(self, token: str) -> None:
+    def untrack(self, state_id: str) -> None:
         with self._lock:
-            self.tokens.discard(token)
+            self.running.pop(state_id, None)
 
     def _run(self) -> None:
+        last_renewal = time.monotonic()
         while True:
-            time.sleep(self.period)
+            time.sleep(self.check_period)
             with self._lock:
-                tokens = list(self.tokens)
+                running = dict(self.running)
+            if not running:
+                continue
+            leases = {sid: token for sid, (token, _) in running.items()}
             try:
-                self.transitions.renew_leases(tokens)
+                if time.monotonic() - last_renewal >= self.period:
+                    self.transitions.renew_leases(leases)
+                    last_renewal = time.monotonic()
+                for sid in self.transitions.lost_leases(leases):
+                    running[sid][1].cancel()
             except Exception:
-                log.warning("could not renew %d lease(s); will retry", len(tokens))
+                log.warning("could not renew or check %d lease(s); will retry", len(leases))
 
 
 class Worker:
@@ -61,7 +83,7 @@ class Worker:
         self.settings = settings
         self.namespace = namespace
         self.nodes = nodes
-        self.repo = Repo(settings.ledger_url)
+        self.repo = Repo(settings.ledger_url, worker=True)
         self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown, worker=True)
         self.heartbeat = Heartbeat(self.transitions, max(0.5, settings.lease_seconds / 3))
         self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str]]] = {}
@@ -92,21 +114,28 @@ class Worker:
             done = _with_db_retry(lambda: self.transitions.complete(graph, row, token, fallback))
         return done
 
-    def run_state(self, state_id: str, run_id: str) -> None:
-        """Execute one state; every step is safe to repeat for the same message."""
+    def run_state(self, state_id: str, run_id: str) -> dict[str, Any]:
+        """Execute one state; every step is safe to repeat for the same message.
+
+        Returns what Flower shows as the task's result (the state's new status, never values); raises
+        `StateErrored` when the state ended ERRORED and Celery's `Retry` when its retry was created, so that
+        Flower shows FAILURE and RETRY.
+        """
         token = new_id()
         verdict, row = _with_db_retry(lambda: self.transitions.claim(state_id, token, self.namespace))
         if verdict == "skip" or row is None:
             log.debug("state %s: nothing to do (finished, cancelled or running elsewhere)", state_id)
-            return
+            return {"status": "SKIPPED"}
         if verdict == "early":
             publish(self.app, self.settings, [dispatch_of(row)])
-            return
+            return {"status": "EARLY"}
         node_cls = self.nodes.get(row["node_name"])
         graph, secrets = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
         _log_transition(row, "RUNNING")
-        self.heartbeat.track(token)
+        execution = Execution()
+        self.heartbeat.track(state_id, token, execution)
         try:
+            outcome: Outcome | None
             if row["attempts"] > MAX_DELIVERIES:
                 outcome = Outcome(
                     "error",
@@ -124,19 +153,31 @@ class Worker:
                     secrets,
                     lambda: self.repo.read_store(row["run_id"]),
                     self.settings.max_output_bytes,
+                    execution,
                 )
+            if outcome is None:
+                log.info("state %s: cancelled (or taken over) while executing; the node was stopped", state_id)
+                return {"status": "CANCELLED"}
             done = self._record(graph, row, token, outcome)
         finally:
-            self.heartbeat.untrack(token)
+            self.heartbeat.untrack(state_id)
         if done.status is None:
             log.info("state %s: already recorded by another delivery; nothing changed", state_id)
-            return
-        # Error texts may quote inputs as well as secrets: neither reaches the log.
+            return {"status": "SKIPPED"}
+        # Error texts may quote inputs as well as secrets: neither reaches the log nor Flower.
         hidden = [*secrets.values(), *(str(v) for v in row["inputs"].values() if len(str(v)) >= 3)]
-        _log_transition(row, done.status, redact(outcome.error, hidden) if outcome.error else None)
+        error = redact(outcome.error, hidden)[:300] if outcome.error else None
+        _log_transition(row, done.status, error)
         for new_id_, identifier, status in done.created:
             _log_transition({**row, "id": new_id_, "identifier": identifier}, status)
         publish(self.app, self.settings, done.dispatches)
+        if done.status == "ERRORED":
+            raise StateErrored(error or "ERRORED")
+        if done.status == "RETRY_CREATED":
+            raise Retry(f"retry created: {error}", exc=StateErrored(error or "error"))
+        if outcome.kind == "requeue":
+            return {"status": done.status, "requeued_after": outcome.delay}
+        return {"status": done.status}
 
 
 def _unrecordable(exc: Exception) -> Outcome:
@@ -145,7 +186,8 @@ def _unrecordable(exc: Exception) -> Outcome:
 
 
 def _log_transition(row: dict[str, Any], status: str, error: str | None = None) -> None:
-    log.info(
+    log.log(
+        logging.ERROR if status in FAILED_STATES else logging.INFO,
         "run=%s state=%s graph=%s identifier=%s status=%s%s",
         row["run_id"],
         row["id"],
@@ -169,14 +211,57 @@ def _with_db_retry(call: Any, attempts: int = 30) -> Any:
     return None
 
 
+POOLS = ("threads", "prefork", "solo")  # what a worker may run on; "processes" is Celery's alias of prefork
+GREEN_POOLS = ("gevent", "eventlet")
+
+
+def pool_name(pool: Any) -> str:
+    """A Celery pool given as an alias ("threads") or as the class `celery worker -P` resolves it to."""
+    if isinstance(pool, str):
+        alias = pool.strip().lower()
+        return "prefork" if alias == "processes" else alias
+    module = getattr(pool, "__module__", "") or ""
+    if not module.startswith("celery.concurrency."):
+        return f"{module}:{getattr(pool, '__qualname__', pool)}"
+    last = module.rsplit(".", 1)[-1]
+    return "threads" if last == "thread" else last
+
+
+def pool_problem(pool: Any) -> str | None:
+    """Why exo_celery cannot run on `pool`, or None when it can."""
+    name = pool_name(pool)
+    if name in POOLS:
+        return None
+    if any(green in name for green in GREEN_POOLS):
+        return (
+            f"the Celery pool {name!r} is not supported: exo_celery runs async nodes on one asyncio loop per "
+            "process, which green threads would block; use the default `threads` pool (with --concurrency N "
+            "for N executions at once) for I/O-bound and async nodes, or `prefork` for CPU-bound sync nodes"
+        )
+    return f"unknown Celery pool {name!r}: use one of {', '.join(POOLS)}"
+
+
+def executions_per_process(pool: Any, concurrency: int) -> int:
+    """How many states one process of this pool executes at once (a prefork child runs one)."""
+    return 1 if pool_name(pool) in ("prefork", "solo") else max(1, concurrency)
+
+
 def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: dict[str, type]) -> Worker:
     """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`."""
     worker = Worker(app, settings, nodes, namespace)
     for node_name in nodes:
         name = task_name(settings, namespace, node_name)
 
-        def run(self: Task, state_id: str, run_id: str) -> None:
-            worker.run_state(state_id, run_id)
+        def run(self: Task, state_id: str, run_id: str) -> dict[str, Any]:
+            return worker.run_state(state_id, run_id)
 
-        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run)
+        # `throws`: an ERRORED state is an expected failure, logged by Celery in one line without a traceback.
+        app.task(
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            throws=(StateErrored,),
+        )(run)
     return worker

@@ -13,7 +13,7 @@ import pytest
 from exo_celery import GraphNodeModel, NotFoundError, RetryPolicyModel, StateError, UnitesModel
 
 from .support import Stack, run, uid
-from .timing import NS, by_identifier, ensure_worker, stamps, wait_until
+from .timing import NS, _workers, by_identifier, ensure_worker, stamps, wait_until
 
 NO_RETRY = RetryPolicyModel(max_retries=0)
 
@@ -101,7 +101,7 @@ def test_manual_retry_refuses_states_that_did_not_fail(stack: Stack) -> None:
     assert run(m.get_run(run_id))["status"] == "SUCCESS"
 
 
-def test_cancel_stops_pending_states_and_running_ones_finish_without_children(stack: Stack, tmp_path: Path) -> None:
+def test_cancel_stops_pending_states_and_running_ones_without_children(stack: Stack, tmp_path: Path) -> None:
     ensure_worker(stack)
     m = stack.manager(NS)
     name = uid()
@@ -129,7 +129,7 @@ def test_cancel_stops_pending_states_and_running_ones_finish_without_children(st
     assert cancelled["status"] == "CANCELLED" and cancelled["finished_at"] is not None
 
     # The worker (concurrency 2) was running at most two Sleep states; the others never start,
-    # and the running ones end without creating their Count children.
+    # and the running ones are stopped (their worker says so) without creating their Count children.
     wait_until(
         lambda: all(s["status"] not in {"CREATED", "QUEUED"} for s in run(m.list_states(run_id))),
         timeout=10,
@@ -143,6 +143,10 @@ def test_cancel_stops_pending_states_and_running_ones_finish_without_children(st
     assert len(by["s"]) == 4
     assert all(s["status"] in {"CANCELLED", "SUCCESS"} for s in by["s"]), by["s"]
     assert sum(s["status"] == "CANCELLED" for s in by["s"]) >= 2
+    started = [s["id"] for s in by["s"] if s["attempts"] > 0 and s["status"] == "CANCELLED"]
+    worker = _workers[id(stack)]
+    for sid in started:
+        wait_until(lambda sid=sid: f"state {sid}: cancelled" in worker.text(), timeout=10, what="the node stopped")
     final = run(m.get_run(run_id))
     assert final["status"] == "CANCELLED"
     # Cancelling again changes nothing; a cancelled run's states cannot be retried.
@@ -241,3 +245,63 @@ def test_cancel_racing_a_completing_state_leaves_nothing_running(pg_stack: Stack
     # without children); their children d1, d2 must never run.
     assert not d.exists(), f"states ran in the cancelled run: {d.read_text()}"
     assert run(m.get_run(run_id))["status"] == "CANCELLED"
+
+
+# -- cancel stops what is executing (docs/execution.md, "Cancel") ---------------------------------------
+NODE_SECONDS = 3.0
+
+
+def cancel_while_executing(stack: Stack, tmp_path: Path, node: str, pool: str, prompt: bool = True) -> None:
+    """Start `node` (it notes `started`, waits NODE_SECONDS, notes `done`) on a worker with ONE slot, cancel
+    its run, and check that the node never gets to `done` and (if `prompt`) that the slot runs the next
+    state before the node would have finished."""
+    namespace = "exec"
+    argv = ["worker", "--namespace", namespace, "--nodes", "tests.execution_nodes:NODES", "--name", uid("c")]
+    worker = stack._spawn([*argv, "--pool", pool, "--concurrency", "1"], f"worker-cancel-{pool}", None)
+    try:
+        worker.wait_for(" ready.")
+        m = stack.manager(namespace)
+        started, done, touched = tmp_path / "started", tmp_path / "done", tmp_path / "touched"
+        name, touch = uid(), uid()
+        inputs = {"seconds": str(NODE_SECONDS), "started": str(started), "done": str(done)}
+        run(m.upsert_graph(name, [GraphNodeModel(node_name=node, identifier="n", inputs=inputs)], secrets={}))
+        touch_node = GraphNodeModel(node_name="Touch", identifier="t", inputs={"path": str(touched)})
+        run(m.upsert_graph(touch, [touch_node], secrets={}))
+        run_id = run(m.trigger(name))["run_id"]
+        began = wait_until(lambda: stamps(started, column=1), timeout=30, what="the node to start")[0]
+        assert run(m.cancel(run_id))["status"] == "CANCELLED"
+        (state,) = run(m.list_states(run_id))
+        assert state["status"] == "CANCELLED"
+        wait_until(lambda: f"state {state['id']}: cancelled" in worker.text(), timeout=10, what="the node stopped")
+
+        # The one slot is free again: the next state runs (promptly, unless the pool cannot interrupt).
+        assert run(m.wait(run(m.trigger(touch))["run_id"], timeout=30))["status"] == "SUCCESS"
+        (touched_at,) = stamps(touched)
+        if prompt:
+            assert touched_at < began + NODE_SECONDS, "the slot was not freed before the node's own end"
+        # Past the time the node would have noted `done` (a bare wait is the only way to see "never"):
+        time.sleep(max(0.0, began + NODE_SECONDS + 1.0 - time.time()))
+        assert not done.exists(), "the cancelled node kept running"
+        assert "already recorded by another delivery" not in worker.text()
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("node", "pool"),
+    [("AsyncWait", "prefork"), ("SyncWait", "prefork"), ("SyncWait", "solo"), ("SyncSteps", "threads")],
+)
+def test_cancel_stops_an_executing_node(pg_stack: Stack, tmp_path: Path, node: str, pool: str) -> None:
+    cancel_while_executing(pg_stack, tmp_path, node, pool)
+
+
+def test_cancel_stops_an_executing_async_node_on_the_default_pool(stack: Stack, tmp_path: Path) -> None:
+    cancel_while_executing(stack, tmp_path, "AsyncWait", "threads")
+
+
+def test_cancel_discards_a_sync_node_blocked_in_a_thread_when_its_call_returns(
+    pg_stack: Stack, tmp_path: Path
+) -> None:
+    """Under `threads`, a sync node blocked in one long C call (time.sleep) is stopped when the call returns,
+    before its next Python instruction: it never notes `done`, but its slot is busy until then."""
+    cancel_while_executing(pg_stack, tmp_path, "SyncWait", "threads", prompt=False)

@@ -126,11 +126,15 @@ def worker(
     nodes: list[str] = typer.Option(..., "--nodes", help="module or module:attr holding node classes"),
     namespace: NamespaceOption = None,
     name: str = typer.Option("worker", help="runtime name (the Celery node name prefix)"),
-    concurrency: int = typer.Option(0, "--concurrency", "-c", help="worker processes (0: Celery's default)"),
-    pool: str = typer.Option("", "--pool", "-P", help="Celery pool (prefork, threads, solo)"),
+    concurrency: int = typer.Option(
+        0, "--concurrency", "-c", help="node executions at once (default 4, as Exosphere's workers=4)"
+    ),
+    pool: str = typer.Option(
+        "", "--pool", "-P", help="Celery pool: threads (default; async and I/O-bound nodes), prefork (CPU-bound), solo"
+    ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
-    """Run a Celery worker serving NODES on the queue of NAMESPACE."""
+    """Run a Celery worker serving NODES on the queue of NAMESPACE (see docs/execution.md for pools)."""
     from ..runtime import Runtime
 
     sys.path.insert(0, os.getcwd())
@@ -392,7 +396,7 @@ def cancel(
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Cancel a run: waiting states are CANCELLED, running ones finish without children."""
+    """Cancel a run: its states never run, executing ones are stopped (see docs/execution.md)."""
     result = _manager(_namespace(ctx, namespace)).cancel_sync(run_id)
     if _json(ctx, as_json):
         print_json(result)
@@ -411,7 +415,7 @@ def db_upgrade(
     """Create the ledger's tables, or upgrade them to the newest revision (safe to repeat)."""
     from sqlalchemy import create_engine
 
-    from ..ledger.db import _tune_sqlite
+    from ..ledger.db import _tune_sqlite, pgbouncer_url
     from ..ledger.migrations import current_revision, upgrade
     from ..settings import load_settings
 
@@ -423,7 +427,7 @@ def db_upgrade(
         engine = create_engine(url, connect_args={"timeout": 30})
         _tune_sqlite(engine)
     else:
-        engine = create_engine(url)
+        engine = create_engine(pgbouncer_url(url)[0])
     try:
         before = current_revision(engine)
         after = upgrade(engine, revision)
@@ -443,11 +447,12 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Print the ledger's schema revision (without changing anything)."""
     from sqlalchemy import create_engine
 
+    from ..ledger.db import pgbouncer_url
     from ..ledger.migrations import HEAD, current_revision
     from ..settings import load_settings
 
     url = load_settings().ledger_url
-    engine = create_engine(url)
+    engine = create_engine(pgbouncer_url(url)[0])
     try:
         revision = current_revision(engine)
     finally:

@@ -7,11 +7,28 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError
 
 _engines: dict[tuple[int, str, bool, bool], Engine] = {}
 _lock = threading.Lock()
+
+WORKER_APPLICATION_NAME = "exo_celery worker"  # what pg_stat_activity shows for a worker's connections
+MAX_POOL_SIZE = 16  # connections a worker process keeps for its transitions, whatever its concurrency
+# Executions at once in this process, once a worker said so (`size_worker_pools`); None: not a worker.
+_executions: int | None = None
+
+
+def size_worker_pools(executions: int) -> None:
+    """Size this process's ledger pools for `executions` node executions at once (call before engines open).
+
+    A worker process then holds at most min(executions, MAX_POOL_SIZE) + 1 connections for transitions
+    (the one extra is the lease keeper's) and at most 2 for everything else (store reads, templates):
+    a `threads` pool of 100 waits a few milliseconds for a connection instead of opening 100, and a prefork
+    child (1 execution) holds one. A forked child inherits the size its parent set.
+    """
+    global _executions
+    _executions = max(1, executions)
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -47,9 +64,9 @@ def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> E
     exactly-once (the node may run again, as with any at-least-once delivery). A lost connection is
     retried by the worker.
 
-    `autocommit=True` gives, on PostgreSQL, a second pool of the same kind whose connections
-    autocommit, for transitions that are one statement (no BEGIN and COMMIT round trips, and no
-    switching a pooled connection's mode on every checkout). On SQLite it is the ordinary engine.
+    `autocommit=True` gives, on PostgreSQL, the same engine and pool with connections in autocommit
+    mode, for transitions that are one statement (no BEGIN and COMMIT round trips). On SQLite it is
+    the ordinary engine.
     """
     autocommit = autocommit and not url.startswith("sqlite")
     key = (os.getpid(), url, worker, autocommit)
@@ -62,9 +79,10 @@ def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> E
         engine = _engines.get(key)
         if engine is None:
             if autocommit:
+                # The same pool as the ordinary engine (so autocommitted statements take no extra
+                # connections); psycopg switches a connection to autocommit without a round trip.
                 # Its one user outside workers, `Repo.create_run`, retries a dropped connection itself.
-                options = {**_postgres_options(worker), "pool_pre_ping": False}
-                engine = create_engine(url, isolation_level="AUTOCOMMIT", **options)
+                engine = get_engine(url, worker=worker).execution_options(isolation_level="AUTOCOMMIT")
             else:
                 engine = _create(url, worker)
             _engines[key] = engine
@@ -79,12 +97,51 @@ def _create(url: str, worker: bool = False) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _tune_sqlite(engine)
     else:
-        engine = create_engine(url, **_postgres_options(worker))
+        target, pgbouncer = pgbouncer_url(url)
+        engine = create_engine(target, **_postgres_options(worker, pgbouncer))
     _create_tables(engine)
     return engine
 
 
-def _postgres_options(worker: bool) -> dict[str, Any]:
+def _pool_options(worker: bool) -> dict[str, Any]:
+    if _executions is None:
+        return {"pool_size": 5, "max_overflow": 10}
+    return {"pool_size": min(_executions, MAX_POOL_SIZE) if worker else 1, "max_overflow": 1}
+
+
+def _connect_args(**args: Any) -> dict[str, Any]:
+    if _executions is not None:
+        args["application_name"] = WORKER_APPLICATION_NAME
+    return args
+
+
+def pgbouncer_url(url: str) -> tuple[str, bool]:
+    """The URL without its `pgbouncer=true` query flag, and whether it was set.
+
+    Behind PgBouncer in transaction mode, consecutive transactions of one client connection may run on
+    different server connections: session settings given at connect time (`options`) are refused or lost,
+    and server-side prepared statements are not found again. With the flag, exo_celery sends no session
+    options and prepares no statements (psycopg's `prepare_threshold=None`); see docs/execution.md.
+    """
+    parsed = make_url(url)
+    flag = parsed.query.get("pgbouncer")
+    if flag is None:
+        return url, False
+    value = flag[-1] if isinstance(flag, tuple) else flag
+    return parsed.difference_update_query(["pgbouncer"]).render_as_string(hide_password=False), value.lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+    }
+
+
+def _postgres_options(worker: bool, pgbouncer: bool = False) -> dict[str, Any]:
+    if pgbouncer:
+        # No session options and no prepared statements: each statement is planned for its values anyway
+        # (what plan_cache_mode=force_custom_plan asks for below); see pgbouncer_url.
+        connect_args = _connect_args(prepare_threshold=None)
+        return {"pool_pre_ping": not worker, **_pool_options(worker), "connect_args": connect_args}
     # psycopg prepares a statement after its fifth run, and PostgreSQL may then switch it to a generic
     # plan chosen from the table statistics of that moment: a plan made while a run was small kept
     # scanning it as it grew (a branch's completion went from 0.4 to 1.2 ms at width 5,000). Custom
@@ -92,8 +149,8 @@ def _postgres_options(worker: bool) -> dict[str, Any]:
     # (The client's statements, a trigger's INSERT above all, touch one row by key: they keep them.)
     if worker:
         options = "-c synchronous_commit=off -c plan_cache_mode=force_custom_plan"
-        return {"pool_size": 5, "max_overflow": 10, "connect_args": {"options": options}}
-    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+        return {**_pool_options(True), "connect_args": _connect_args(options=options)}
+    return {"pool_pre_ping": True, **_pool_options(False), "connect_args": _connect_args()}
 
 
 def _create_tables(engine: Engine) -> None:

@@ -92,14 +92,15 @@ def _root_row(run: NewRun, run_row: dict[str, Any], now: float) -> dict[str, Any
 class Repo:
     """Graphs, nodes, runs and store: every statement outside state transitions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, worker: bool = False) -> None:
         self.url = url
+        self.worker = worker  # in a worker: share the transitions' pool (one bounded set of connections)
         self.postgres = is_postgres(url)
         self._seen_versions: dict[tuple[str, str], int] = {}
 
     @property
     def engine(self) -> Engine:
-        return get_engine(self.url)
+        return get_engine(self.url, worker=self.worker)
 
     # -- nodes -----------------------------------------------------------
     def register_nodes(self, namespace: str, schemas: dict[str, dict[str, Any]], runtime_name: str) -> None:

@@ -176,16 +176,31 @@ class Transitions:
         with self._autocommit_connection() as conn:
             return outputs_of(conn, ancestors), _read_store(conn, run_id) if reads_store else {}
 
-    def renew_leases(self, tokens: list[str]) -> None:
-        """Extend the leases of states this process is still executing."""
-        if not tokens:
+    def renew_leases(self, leases: dict[str, str]) -> None:
+        """Extend the leases of states this process is still executing (state id -> lease token)."""
+        if not leases:
             return
         with self.engine.begin() as conn:
             conn.execute(
                 update(states)
-                .where(states.c.lease_token.in_(tokens), states.c.status == S.QUEUED.value)
+                .where(
+                    states.c.id.in_(list(leases)),
+                    states.c.lease_token.in_(list(leases.values())),
+                    states.c.status == S.QUEUED.value,
+                )
                 .values(lease_until=time.time() + self.lease_seconds)
             )
+
+    def lost_leases(self, leases: dict[str, str]) -> set[str]:
+        """Of these executing states (id -> lease token), those whose lease is gone: cancelled or taken over."""
+        if not leases:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(states.c.id, states.c.lease_token, states.c.status).where(states.c.id.in_(list(leases)))
+            ).all()
+        held = {r.id for r in rows if r.lease_token == leases[r.id] and r.status == S.QUEUED.value}
+        return set(leases) - held
 
     # -- completing -------------------------------------------------------
     def complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
@@ -503,7 +518,8 @@ class Transitions:
         return dict(created), [dispatch_of(dict(created))]
 
     def cancel(self, run_id: str) -> dict[str, Any]:
-        """Cancel a run: waiting states become CANCELLED; running ones finish without children."""
+        """Cancel a run: its waiting and executing states become CANCELLED (executing ones lose their lease,
+        which their worker notices and stops the node; whatever they return is not recorded)."""
         now = time.time()
         with self.engine.begin() as conn:
             run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()

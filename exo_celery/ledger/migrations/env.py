@@ -10,6 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
+from exo_celery.ledger.db import pgbouncer_url
 from exo_celery.ledger.migrations import VERSION_TABLE
 from exo_celery.ledger.tables import metadata
 
@@ -46,7 +47,7 @@ else:
     if given is not None:
         _run(given)
     else:
-        engine = create_engine(_url())
+        engine = create_engine(pgbouncer_url(_url())[0])
         try:
             with engine.begin() as conn:
                 _run(conn)
