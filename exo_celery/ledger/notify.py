@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Text, cast, func
 from sqlalchemy.engine import make_url
@@ -228,12 +229,13 @@ class _SQLiteHub(_Hub):
         terminal = [s.value for s in TERMINAL_RUNS]
         conn: sqlite3.Connection | None = None
         version = None
+        self.ready.set()  # nothing is missed from here: each check below, or its failure, wakes the waiters
         while not self.should_stop():
             try:
-                if conn is None:
-                    conn = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
-                    version = None
-                    self.ready.set()  # the first check below reads every subscribed run
+                if conn is None:  # read-write, never create: the ledger's engine creates and migrates it
+                    uri = f"file:{quote(path)}?mode=rw"
+                    conn = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None, check_same_thread=False)
+                    version = None  # the first check reads every subscribed run
                 now = conn.execute("PRAGMA data_version").fetchone()[0]
                 if now != version:
                     version = now
@@ -252,7 +254,7 @@ class _SQLiteHub(_Hub):
                     conn.close()
                 conn = None
                 self.wake_all()
-                time.sleep(FALLBACK_POLL)
+                time.sleep(10 * SQLITE_POLL)  # not created yet, or busy: try again soon
                 continue
             time.sleep(SQLITE_POLL)
         if conn is not None:
