@@ -292,10 +292,10 @@ class StateManager:
         return await asyncio.to_thread(self.get_run_sync, run_id)
 
     def get_run_sync(self, run_id: str) -> dict[str, Any]:
-        run = self.repo.get_run(_check_id("run", run_id))
+        run, counts = self.repo.run_with_counts(_check_id("run", run_id))
         if run is None:
             raise NotFoundError(f"run {run_id!r} does not exist")
-        return self._run_view(run, self.repo.state_counts(run_id))
+        return self._run_view(run, counts)
 
     @staticmethod
     def _run_view(run: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
