@@ -17,6 +17,7 @@ from .crypto import REDACTED, decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
+from .ledger.notify import FALLBACK_POLL, subscribe
 from .ledger.repo import NewRun, Repo
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
@@ -296,10 +297,10 @@ class StateManager:
         return await asyncio.to_thread(self.get_run_sync, run_id)
 
     def get_run_sync(self, run_id: str) -> dict[str, Any]:
-        run = self.repo.get_run(_check_id("run", run_id))
+        run, counts = self.repo.run_with_counts(_check_id("run", run_id))
         if run is None:
             raise NotFoundError(f"run {run_id!r} does not exist")
-        return self._run_view(run, self.repo.state_counts(run_id))
+        return self._run_view(run, counts)
 
     @staticmethod
     def _run_view(run: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
@@ -362,21 +363,50 @@ class StateManager:
             views.append(view)
         return views
 
-    async def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """The run once it is SUCCESS, FAILED or CANCELLED; TimeoutError after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.02
-        while True:
-            run = await self.get_run(run_id)
-            if RunStatus(run["status"]) in TERMINAL_RUNS:
-                return run
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+    async def wait(
+        self, run_id: str, timeout: float | None = None, *, poll_interval: float | None = None
+    ) -> dict[str, Any]:
+        """The run once it is SUCCESS, FAILED or CANCELLED; TimeoutError after `timeout` seconds.
 
-    def wait_sync(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
-        return asyncio.run(self.wait(run_id, timeout))
+        Woken by the ledger's notification that the run ended (`exo_celery.ledger.notify`: PostgreSQL
+        LISTEN/NOTIFY, one listening connection per process; the embedded ledger checked for changes
+        every 10 ms), and reading the run anyway every `poll_interval` seconds (default 2) in case a
+        notification was lost.
+        """
+        _check_id("run", run_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = FALLBACK_POLL if poll_interval is None else poll_interval
+        sub = await asyncio.to_thread(subscribe, self.settings.ledger_url, run_id)
+        try:
+            while True:
+                sub.clear()  # before the read: an end committed after it still wakes us
+                run = await self.get_run(run_id)
+                if RunStatus(run["status"]) in TERMINAL_RUNS:
+                    return run
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                await sub.wait(pause if left is None else min(pause, left))
+        finally:
+            sub.close()
+
+    def wait_sync(
+        self, run_id: str, timeout: float | None = None, *, poll_interval: float | None = None
+    ) -> dict[str, Any]:
+        """Blocking form of `wait` (no event loop needed)."""
+        _check_id("run", run_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = FALLBACK_POLL if poll_interval is None else poll_interval
+        with subscribe(self.settings.ledger_url, run_id) as sub:
+            while True:
+                sub.clear()
+                run = self.get_run_sync(run_id)
+                if RunStatus(run["status"]) in TERMINAL_RUNS:
+                    return run
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                sub.wait_sync(pause if left is None else min(pause, left))
 
     async def manual_retry(self, state_id: str) -> dict[str, Any]:
         """Retry an ERRORED state; calling it again for the same state returns the same retry."""

@@ -298,28 +298,36 @@ def trigger(
 
 
 def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | None, show: bool) -> dict[str, Any]:
-    """Poll the run until it ends; the bar shows states finished out of states known so far."""
+    """Wait for the run's end (notified, see `StateManager.wait`); the bar shows states finished out of
+    states known so far, refreshed every half second while the run goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..ledger.notify import subscribe
     from ..status import TERMINAL_RUNS, TERMINAL_STATES, RunStatus
 
     terminal = {s.value for s in TERMINAL_STATES}
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, disable=not show, transient=False) as progress:
+    with (
+        Progress(*columns, console=err_console, disable=not show, transient=False) as progress,
+        subscribe(manager.settings.ledger_url, run_id) as ended,
+    ):
         task = progress.add_task("states finished", total=1, completed=0)
-        pause = 0.05
+        # Only the bar needs the run's counts while it goes on; without it, the ledger is read on
+        # notification or every 2 s (the fallback for a lost notification).
+        pause = 0.5 if show else 2.0
         while True:
+            ended.clear()
             run = manager.get_run_sync(run_id)
             counts: dict[str, int] = run["counts"]
             done = sum(n for status, n in counts.items() if status in terminal)
             progress.update(task, completed=done, total=max(1, sum(counts.values())), description=f"{run['status']:<9}")
             if RunStatus(run["status"]) in TERMINAL_RUNS:
                 return run
-            if deadline is not None and time.monotonic() >= deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+            ended.wait_sync(pause if left is None else min(pause, left))
 
 
 @app.command()

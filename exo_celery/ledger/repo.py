@@ -302,6 +302,23 @@ class Repo:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
             return dict(row) if row else None
 
+    def run_with_counts(self, run_id: str) -> tuple[dict[str, Any] | None, dict[str, int]]:
+        """A run and its states counted by status, read on one connection: on PostgreSQL an autocommit
+        one, so two round trips (no ping, BEGIN or ROLLBACK); what a waiter reads once woken."""
+        counts_q = select(states.c.status, func.count()).where(states.c.run_id == run_id).group_by(states.c.status)
+        for attempt in range(2):
+            try:
+                with get_engine(self.url, autocommit=True).connect() as conn:
+                    row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+                    if row is None:
+                        return None, {}
+                    return dict(row), {status: int(n) for status, n in conn.execute(counts_q).all()}
+            except DBAPIError as exc:
+                # That pool does not ping on checkout: a connection the server dropped fails once (reads: retry).
+                if attempt or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     def state_counts(self, run_id: str) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(

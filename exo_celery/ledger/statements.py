@@ -15,6 +15,7 @@ from sqlalchemy import JSON, bindparam, case, exists, func, insert, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..status import RunStatus, StateStatus
+from .notify import notify_run_ended
 from .tables import graphs, runs, scopes, states, store
 
 QUEUED = StateStatus.QUEUED.value
@@ -98,13 +99,13 @@ def _finish(columns: tuple[str, ...], *also: Any) -> Any:
 
 @cache
 def finish_then(columns: tuple[str, ...], then: str) -> Any:
-    """FINISH_STATE and, in the same statement, MOVE_SCOPE (`then="scope"`) or MOVE_RUN (`"run"`).
+    """FINISH_STATE and, in the same statement, MOVE_SCOPE (`then="scope"`) or MOVE_RUN_NOTIFYING (`"run"`).
 
     PostgreSQL only (a data-modifying CTE); the columns to set are passed as `v_<column>`. The move
     happens only if the compare-and-set did, so no row back means the state was not ours to finish.
     """
     finished = _finish(columns).returning(states.c.run_id).cte("finished")
-    return _move_scope(finished) if then == "scope" else _move_run(finished)
+    return _move_scope(finished) if then == "scope" else _move_run(finished, notify=True)
 
 
 @cache
@@ -148,14 +149,14 @@ MOVE_SCOPE = _move_scope()
 """Move a barrier's counters (`p_scope`); returns them as they now are."""
 
 
-def _move_run(after: Any = None) -> Any:
+def _move_run(after: Any = None, notify: bool = False) -> Any:
     active = runs.c.status.in_(_ACTIVE_RUN)
     ends = active & (runs.c.outstanding + bindparam("p_delta") <= 0)
     now = bindparam("p_now", type_=runs.c.finished_at.type)
     statement = update(runs).where(runs.c.id == bindparam("p_run"))
     if after is not None:
         statement = statement.where(runs.c.id == after.c.run_id)
-    return statement.values(
+    statement = statement.values(
         outstanding=runs.c.outstanding + bindparam("p_delta"),
         failed=runs.c.failed + bindparam("p_failed"),
         status=case(
@@ -164,11 +165,22 @@ def _move_run(after: Any = None) -> Any:
             else_=runs.c.status,
         ),
         finished_at=case((ends, now), else_=runs.c.finished_at),
-    ).returning(runs.c.status)
+    )
+    if not notify:
+        return statement.returning(runs.c.status)
+    # RETURNING sees the new row only: the run ended here if it finished at this statement's p_now
+    # (a run finished earlier, by another process, has another finished_at). A rare duplicate
+    # notification would be harmless: waiters re-read the run.
+    moved = statement.returning(runs.c.id, runs.c.status, runs.c.finished_at).cte("moved_run")
+    ended = (moved.c.finished_at == now) & moved.c.status.in_([RunStatus.SUCCESS.value, RunStatus.FAILED.value])
+    return select(moved.c.status, case((ended, notify_run_ended(moved.c.id))).label("notified"))
 
 
 MOVE_RUN = _move_run()
 """Move a run's counters (`p_run`); the statement that empties an active run ends it SUCCESS or FAILED."""
+
+MOVE_RUN_NOTIFYING = _move_run(notify=True)
+"""PostgreSQL: `MOVE_RUN`, and the run's waiters notified when it ends (`notify.CHANNEL`, on commit)."""
 
 INSERT_STATES = insert(states)
 INSERT_RUN = insert(runs)

@@ -27,6 +27,7 @@ from ..errors import NotFoundError, StateError
 from ..status import FAILED_STATES, RunStatus, StateStatus
 from ..topology import Barrier
 from .db import get_engine, is_postgres
+from .notify import notify_run_ended
 from .repo import outputs_of, state_values
 from .statements import (
     CLAIM,
@@ -35,6 +36,7 @@ from .statements import (
     FINISH_STATE,
     INSERT_STATES,
     MOVE_RUN,
+    MOVE_RUN_NOTIFYING,
     MOVE_SCOPE,
     START_RUN,
     finish_in_open_scope,
@@ -534,6 +536,8 @@ class Transitions:
                 .where(runs.c.id == run_id)
                 .values(status=RunStatus.CANCELLED.value, outstanding=0, finished_at=now)
             )
+            if self.postgres:
+                conn.execute(select(notify_run_ended(run_id)))  # the run's waiters wake on commit
             pending = (
                 select(states.c.id)
                 .where(states.c.run_id == run_id, states.c.status.in_([S.CREATED.value, S.QUEUED.value]))
@@ -717,7 +721,10 @@ class _Finish:
     def move(self, conn: Connection, counter: str, params: dict[str, Any]) -> Any:
         """MOVE_SCOPE (`counter="scope"`) or MOVE_RUN (`"run"`), with the compare-and-set if still pending."""
         if self.params is None:
-            return conn.execute(MOVE_SCOPE if counter == "scope" else MOVE_RUN, params).first()
+            if counter == "scope":
+                return conn.execute(MOVE_SCOPE, params).first()
+            postgres = conn.dialect.name == "postgresql"
+            return conn.execute(MOVE_RUN_NOTIFYING if postgres else MOVE_RUN, params).first()
         columns, merged = self._take()
         moved = conn.execute(finish_then(columns, counter), {**merged, **params}).first()
         if moved is None:
