@@ -20,6 +20,8 @@ from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+from .poison import SafeDelivery
+
 log = logging.getLogger("exo_celery.embedded")
 
 
@@ -62,7 +64,7 @@ class Channel(filesystem.Channel):
         raise Empty()
 
 
-class Transport(filesystem.Transport):
-    """kombu's filesystem transport with the atomic channel above."""
+class Transport(SafeDelivery, filesystem.Transport):
+    """kombu's filesystem transport with the atomic channel above (an envelope of the wrong shape is dropped)."""
 
     Channel = Channel

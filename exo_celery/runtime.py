@@ -11,6 +11,7 @@ from celery.signals import worker_init
 
 from .celery_app import make_app, queue_name
 from .errors import ConfigError
+from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
 from .node import is_node_class, node_schema
 from .settings import Settings, load_settings
@@ -49,6 +50,9 @@ class Runtime:
             )
         if not node_list:
             raise ConfigError("Runtime needs at least one node class")
+        named = [p for n in node_list if (p := name_problem("node class name", n.__name__)) is not None]
+        if named:  # node names are parts of task and queue names, as namespaces are
+            raise ConfigError("; ".join(named))
         self.namespace = namespace
         self.name = name
         self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
@@ -70,8 +74,17 @@ class Runtime:
         schemas = {name: node_schema(cls) for name, cls in self.nodes.items()}
         Repo(self.settings.ledger_url).register_nodes(self.namespace, schemas, self.name)
 
+    def check_secrets_key(self) -> None:
+        """Refuse to serve with a secrets key other than the ledger's (ConfigError): its states could not run."""
+        check_secrets_key(self.settings.ledger_url, self.settings.fernet_key())
+
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is self.app:
+            try:
+                self.check_secrets_key()
+            except ConfigError as exc:  # `celery -A ... worker`: a signal handler's exception would be ignored
+                logging.getLogger("exo_celery.worker").critical("%s", exc)
+                raise SystemExit(f"error: {exc}") from None
             self.register()
 
     def worker_argv(self) -> list[str]:
@@ -86,5 +99,6 @@ class Runtime:
     def start(self) -> None:
         """Register the nodes and run the worker until it is stopped (blocks)."""
         logging.getLogger("exo_celery").setLevel(self.loglevel.upper())
+        self.check_secrets_key()
         self.register()
         self.app.worker_main(self.worker_argv())
