@@ -59,7 +59,7 @@ class Channel(filesystem.Channel):
                 return loads(bytes_to_str(payload))
             except (OSError, ValueError):
                 # A torn file: drop it; the state stays in the ledger and beat's sweep re-sends it.
-                log.warning("dropped an unreadable message file %s", filename)
+                log.warning("discarded a message file that is not JSON: %s", filename)
                 continue
         raise Empty()
 
