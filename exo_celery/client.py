@@ -364,7 +364,10 @@ class StateManager:
     def list_states_sync(self, run_id: str) -> list[dict[str, Any]]:
         run = self._own_run(run_id)
         row = self.repo.load_graph(run["namespace"], run["graph_name"], run["graph_version"])
-        hidden = list(decrypt_secrets(row["secrets_cipher"], self.settings.fernet_key()).values()) if row else []
+        try:
+            hidden = list(decrypt_secrets(row["secrets_cipher"], self.settings.fernet_key()).values()) if row else []
+        except ConfigError:  # workers redact before they write; the states must stay readable (why they failed)
+            hidden = []
         fields = (
             "id",
             "identifier",
