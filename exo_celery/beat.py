@@ -24,6 +24,7 @@ from .client import StateManager
 from .cron import fire_times
 from .engine import CompiledGraph
 from .errors import ExoError
+from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
@@ -211,8 +212,13 @@ class Beat:
             return 1
         return 0
 
+    def check_secrets_key(self) -> None:
+        """Refuse to start with a secrets key other than the ledger's (ConfigError): cron runs would fail."""
+        check_secrets_key(self.settings.ledger_url, self.settings.fernet_key())
+
     def run_forever(self) -> None:
-        """Tick until interrupted."""
+        """Tick until interrupted (after checking the secrets key)."""
+        self.check_secrets_key()
         log.info(
             "exo_celery beat started (sweep every %.1f s, lease %.1f s)",
             self.settings.sweep_interval,
@@ -234,6 +240,7 @@ class ExoScheduler(Scheduler):
         super().__init__(app, *args, **kwargs)
         settings = getattr(app, "exo_settings", None) or load_settings()
         self.exo = Beat(settings, app)
+        self.exo.check_secrets_key()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -59,6 +59,8 @@ def make_app(settings: Settings, main: str = "exo_celery") -> Celery:
     )
     if settings.is_embedded_broker:
         app.conf.broker_transport = "exo_celery.embedded_transport:Transport"
+    elif settings.broker.startswith("redis://"):
+        app.conf.broker_transport = "exo_celery.poison:RedisTransport"  # a malformed message never stops a worker
     if is_rabbitmq(settings.broker) and settings.max_countdown > RABBITMQ_CONSUMER_TIMEOUT / 2:
         log.warning(
             "EXO_MAX_COUNTDOWN=%g s is close to RabbitMQ's default consumer_timeout (%g s): workers hold countdowns "

@@ -17,12 +17,13 @@ from .crypto import REDACTED, decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
+from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, subscribe
 from .ledger.repo import NewRun, Repo
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
 from .status import TERMINAL_RUNS, RunStatus, StateStatus
-from .validate import name_problem, store_key_problem, validate_template
+from .validate import name_problem, store_key_problem, text_problem, validate_template
 
 _ID = re.compile(r"[0-9a-f]{32}")
 
@@ -42,8 +43,10 @@ def _value_problems(inputs: dict[Any, Any], store: dict[Any, Any]) -> list[str]:
             if kind == "store" and (problem := store_key_problem(key)) is not None:
                 problems.append(problem)
                 continue
-            if isinstance(value, str) and "\x00" in value:
-                problems.append(f"{kind} {key!r} contains a NUL character")
+            if isinstance(key, str) and kind == "input" and (problem := text_problem(key)) is not None:
+                problems.append(f"input key {key[:60]!r} {problem}")
+            if isinstance(value, str) and (problem := text_problem(value)) is not None:
+                problems.append(f"{kind} {str(key)[:60]!r} {problem}")
             if not isinstance(key, str) or not key or (kind == "store" and "." in key):
                 problems.append(
                     f"{kind} key {key!r} must be a non-empty string" + (" without '.'" if kind == "store" else "")
@@ -82,7 +85,10 @@ class StateManager:
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self.repo = Repo(self.settings.ledger_url)
         self.transitions = Transitions(
-            self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown
+            self.settings.ledger_url,
+            self.settings.lease_seconds,
+            self.settings.max_countdown,
+            max_input_bytes=self.settings.max_input_bytes,
         )
 
     @cached_property
@@ -157,7 +163,11 @@ class StateManager:
         timeout = self.validation_timeout if validation_timeout is None else validation_timeout
         deadline = time.monotonic() + timeout
         while True:
-            keys = {(n.namespace or self.namespace, n.node_name) for n in nodes}
+            keys = {
+                (n.namespace or self.namespace, n.node_name)
+                for n in nodes
+                if name_problem("", n.namespace or self.namespace) is None and name_problem("", n.node_name) is None
+            }  # a name the rule rejects is never sent to the database (validation reports it)
             registry = self.repo.registry(keys)
             try:
                 report = validate_template(nodes, secrets, store_cfg, parsed_triggers, registry)
@@ -179,7 +189,9 @@ class StateManager:
             triggers=parsed_triggers,
             secret_names=sorted(secrets),
         )
-        cipher = encrypt_secrets(secrets, self.settings.fernet_key())
+        key = self.settings.fernet_key()
+        check_secrets_key(self.settings.ledger_url, key)  # workers must be able to decrypt what is stored
+        cipher = encrypt_secrets(secrets, key)
         version = self.repo.save_graph(self.namespace, graph_name, template.model_dump(mode="json"), cipher)
         return self._graph_view(template, version)
 
@@ -217,6 +229,18 @@ class StateManager:
         compiled = self._compiled[(graph_name, row["version"])] = CompiledGraph.from_row(row)
         return compiled
 
+    def _with_secrets(self, graph: CompiledGraph) -> CompiledGraph:
+        """`graph` knowing its secret values, so a trigger hides them (once per version). A client whose key
+        cannot decrypt them still triggers (workers hold the key); it cannot tell a secret from other text."""
+        if graph.hidden or not graph.template.secret_names:
+            return graph
+        try:
+            known = graph.with_secrets(decrypt_secrets(graph.secrets_cipher, self.settings.fernet_key()))
+        except ConfigError:
+            return graph
+        self._compiled[(graph.template.name, graph.version)] = known
+        return known
+
     # -- runs ---------------------------------------------------------------
     async def trigger(
         self,
@@ -250,24 +274,30 @@ class StateManager:
         self._check_graph_name(graph_name)
 
         def prepare(version: int) -> NewRun:
-            graph = self._load_graph(graph_name, version)
+            graph = self._with_secrets(self._load_graph(graph_name, version))
             problems = [*value_problems, *self._input_problems(graph, inputs)]
+            root_spec = graph.topology.nodes[graph.topology.root]
+            for kind, value in (("namespace", graph.namespace_of(root_spec.identifier)), ("node", root_spec.node_name)):
+                if (problem := name_problem(f"root {kind}", value)) is not None:
+                    problems.append(f"{problem} (re-upsert the graph)")
             missing = [k for k in graph.template.store_config.required_keys if k not in store]
             if missing:
                 problems.append(f"required store key(s) missing: {missing}")
             if problems:
                 raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
+            rules = graph.input_rules(self.settings.max_input_bytes)
             full_store = {**graph.template.store_config.default_values, **store}
             run_id = new_id()
             try:
-                root = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store)
+                root = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store, rules)
             except PlanError as exc:
                 raise TriggerError(f"cannot trigger graph {graph_name!r}: {exc}") from exc
             now = time.time()
             due_at = now + start_delay / 1000.0
             if due_at - now > self.settings.max_countdown:
                 root.status = StateStatus.CREATED
-            return NewRun(run_id, root, full_store, due_at)
+            # A secret value given as a store value is stored as *** (as the root's rendered inputs are).
+            return NewRun(run_id, root, redact(full_store, graph.hidden) if graph.hidden else full_store, due_at)
 
         run = self.repo.create_run(self.namespace, graph_name, prepare, cron_key)
         if run is None:
@@ -296,10 +326,17 @@ class StateManager:
         """A run's status and its states counted by status."""
         return await asyncio.to_thread(self.get_run_sync, run_id)
 
+    def _own_run(self, run_id: str) -> dict[str, Any]:
+        """The run row if it belongs to this client's namespace; another namespace's run is not found."""
+        run = self.repo.get_run(_check_id("run", run_id))
+        if run is None or run["namespace"] != self.namespace:
+            raise NotFoundError(f"run {run_id!r} does not exist in namespace {self.namespace!r}")
+        return run
+
     def get_run_sync(self, run_id: str) -> dict[str, Any]:
         run, counts = self.repo.run_with_counts(_check_id("run", run_id))
-        if run is None:
-            raise NotFoundError(f"run {run_id!r} does not exist")
+        if run is None or run["namespace"] != self.namespace:
+            raise NotFoundError(f"run {run_id!r} does not exist in namespace {self.namespace!r}")
         return self._run_view(run, counts)
 
     @staticmethod
@@ -324,6 +361,8 @@ class StateManager:
     def list_runs_sync(self, graph_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ExoError(f"limit must be a whole number from 1 to 100000, got {limit!r}")
+        if graph_name is not None:
+            self._check_graph_name(graph_name)
         return [self._run_view(r, None) for r in self.repo.list_runs(self.namespace, graph_name, limit)]
 
     async def list_states(self, run_id: str) -> list[dict[str, Any]]:
@@ -331,11 +370,12 @@ class StateManager:
         return await asyncio.to_thread(self.list_states_sync, run_id)
 
     def list_states_sync(self, run_id: str) -> list[dict[str, Any]]:
-        run = self.repo.get_run(_check_id("run", run_id))
-        if run is None:
-            raise NotFoundError(f"run {run_id!r} does not exist")
+        run = self._own_run(run_id)
         row = self.repo.load_graph(run["namespace"], run["graph_name"], run["graph_version"])
-        hidden = list(decrypt_secrets(row["secrets_cipher"], self.settings.fernet_key()).values()) if row else []
+        try:
+            hidden = list(decrypt_secrets(row["secrets_cipher"], self.settings.fernet_key()).values()) if row else []
+        except ConfigError:  # workers redact before they write; the states must stay readable (why they failed)
+            hidden = []
         fields = (
             "id",
             "identifier",
@@ -413,7 +453,11 @@ class StateManager:
         return await asyncio.to_thread(self.manual_retry_sync, state_id)
 
     def manual_retry_sync(self, state_id: str) -> dict[str, Any]:
-        created, dispatches = self.transitions.manual_retry(_check_id("state", state_id))
+        state = self.repo.get_state(_check_id("state", state_id))
+        # A state belongs to its run's namespace (its graph's), wherever its node runs.
+        if state is None or state["graph_namespace"] != self.namespace:
+            raise NotFoundError(f"state {state_id!r} does not exist in namespace {self.namespace!r}")
+        created, dispatches = self.transitions.manual_retry(state_id)
         self._publish(dispatches)
         return {
             "state_id": created["id"],
@@ -431,4 +475,5 @@ class StateManager:
 
     def cancel_sync(self, run_id: str) -> dict[str, Any]:
         """Blocking form of `cancel`."""
-        return self._run_view(self.transitions.cancel(_check_id("run", run_id)), self.repo.state_counts(run_id))
+        self._own_run(run_id)  # a run's namespace never changes: checking first is enough
+        return self._run_view(self.transitions.cancel(run_id), self.repo.state_counts(run_id))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -29,9 +32,29 @@ def decrypt_secrets(token: str, key: bytes) -> dict[str, str]:
     return result
 
 
+def key_fingerprint(key: bytes) -> str:
+    """A fingerprint of the secrets key, safe to store: HMAC-SHA256 of a constant under the key (never the key)."""
+    return hmac.new(key, b"exo_celery secrets key fingerprint v1", hashlib.sha256).hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def escaped_forms(secret: str) -> frozenset[str]:
+    """`secret` as it appears in text: itself, and escaped by repr(), ascii() or json.dumps() (without quotes).
+
+    A secret holding a newline, a quote or a non-ASCII character is written differently by
+    `KeyError(secret)`, `f"{secret!r}"` or a JSON dump; each of those spellings is a leak too.
+    """
+    forms = {secret}
+    for quoted in (repr(secret), ascii(secret), json.dumps(secret), json.dumps(secret, ensure_ascii=False)):
+        forms.add(quoted[1:-1])
+    forms.add(repr(secret + "'\"")[1:-4])  # inside a longer repr holding both quote kinds (' escaped)
+    return frozenset(f for f in forms if f)
+
+
 def redact(value: Any, secret_values: Iterable[str]) -> Any:
-    """`value` (text, or JSON-like data) with every secret value replaced by ***."""
-    needles = sorted((s for s in secret_values if s), key=len, reverse=True)
+    """`value` (text, or JSON-like data) with every secret value, plain or escaped, replaced by ***."""
+    found = {form for s in secret_values if s for form in escaped_forms(s)}
+    needles = sorted(found, key=len, reverse=True)
     if not needles:
         return value
 

@@ -20,6 +20,8 @@ from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+from .poison import SafeDelivery
+
 log = logging.getLogger("exo_celery.embedded")
 
 
@@ -57,12 +59,12 @@ class Channel(filesystem.Channel):
                 return loads(bytes_to_str(payload))
             except (OSError, ValueError):
                 # A torn file: drop it; the state stays in the ledger and beat's sweep re-sends it.
-                log.warning("dropped an unreadable message file %s", filename)
+                log.warning("discarded a message file that is not JSON: %s", filename)
                 continue
         raise Empty()
 
 
-class Transport(filesystem.Transport):
-    """kombu's filesystem transport with the atomic channel above."""
+class Transport(SafeDelivery, filesystem.Transport):
+    """kombu's filesystem transport with the atomic channel above (an envelope of the wrong shape is dropped)."""
 
     Channel = Channel

@@ -14,9 +14,10 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .crypto import redact
 from .graph import GraphTemplate
 from .mapping import PlaceholderError, Ref, parse_refs, render
 from .status import StateStatus
@@ -101,15 +102,57 @@ def inherited_scopes(topo: Topology, identifier: str, source: Source) -> dict[st
     return result
 
 
+DEFAULT_MAX_INPUT_BYTES = 8_388_608
+
+
+@dataclass(frozen=True)
+class InputRules:
+    """What rendered inputs obey before they reach the ledger: a size cap (EXO_MAX_INPUT_BYTES) and the
+    graph's secret values, which are replaced by *** wherever a rendering would write them."""
+
+    max_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    hidden: tuple[str, ...] = ()
+
+
+DEFAULT_RULES = InputRules()
+
+
 def render_inputs(
     template_inputs: dict[str, Any],
     resolve: Callable[[Ref], str],
+    rules: InputRules = DEFAULT_RULES,
+    identifier: str = "",
 ) -> dict[str, str]:
-    """A node's template inputs with every placeholder resolved."""
+    """A node's template inputs with every placeholder resolved, capped in size and with secrets hidden.
+
+    The size is counted while placeholders resolve, so an oversized rendering stops before it is built.
+    """
+    limit = rules.max_bytes
+    over = f"node {identifier!r}: its rendered inputs are over the limit of {limit} bytes (EXO_MAX_INPUT_BYTES)"
+    used = sum(len(k) + len(v) for k, v in template_inputs.items() if isinstance(v, str))
+
+    def counted(ref: Ref) -> str:
+        nonlocal used
+        value = resolve(ref)
+        used += len(value)
+        if used > limit:
+            raise PlanError(over)
+        return value
+
     try:
-        return {name: render(value, resolve) for name, value in template_inputs.items()}
+        rendered = {name: render(value, counted) for name, value in template_inputs.items()}
     except PlaceholderError as exc:
         raise PlanError(str(exc)) from exc
+    chars = sum(len(k) + len(v) for k, v in rendered.items())
+    # JSON escaping writes a character in at most 12 bytes: only a rendering that could be over is measured.
+    if chars * 12 > limit and (size := len(json.dumps(rendered))) > limit:
+        raise PlanError(
+            f"node {identifier!r}: its rendered inputs are {size} bytes, over the limit of {limit} "
+            "(EXO_MAX_INPUT_BYTES)"
+        )
+    if rules.hidden:
+        rendered = redact(rendered, rules.hidden)
+    return rendered
 
 
 def make_resolver(
@@ -166,6 +209,7 @@ def plan_success(
     outputs: list[dict[str, Any]],
     outputs_of: dict[str, dict[str, Any]],
     store: dict[str, str],
+    rules: InputRules = DEFAULT_RULES,
 ) -> SuccessPlan:
     """Output states, children and opened scopes after `state` executed with `outputs`.
 
@@ -211,7 +255,7 @@ def plan_success(
                     child,
                     spec.node_name,
                     namespace_of(child),
-                    render_inputs(spec.inputs, resolve),
+                    render_inputs(spec.inputs, resolve, rules, child),
                     lineage,
                     inherited_scopes(topo, child, src),
                     src.branch,
@@ -248,6 +292,7 @@ def plan_barrier_state(
     gathered: dict[str, list[tuple[str, dict[str, Any]]]],
     outputs_of: dict[str, dict[str, Any]],
     store: dict[str, str],
+    rules: InputRules = DEFAULT_RULES,
 ) -> NewState:
     """The state of a barrier whose scope emptied.
 
@@ -281,7 +326,7 @@ def plan_barrier_state(
         barrier.node,
         spec.node_name,
         namespace_of(barrier.node),
-        render_inputs(spec.inputs, resolve),
+        render_inputs(spec.inputs, resolve, rules, barrier.node),
         parents,
         inherited_scopes(topo, barrier.node, opener),
         opener.branch,
@@ -295,6 +340,7 @@ def plan_root(
     run_id: str,
     inputs: dict[str, Any],
     store: dict[str, str],
+    rules: InputRules = DEFAULT_RULES,
 ) -> NewState:
     """The root state of a new run: template inputs overridden by the trigger's."""
     spec = topo.nodes[topo.root]
@@ -305,7 +351,7 @@ def plan_root(
         topo.root,
         spec.node_name,
         namespace_of(topo.root),
-        render_inputs(merged, resolve),
+        render_inputs(merged, resolve, rules, topo.root),
         {},
         {},
         "",
@@ -320,6 +366,15 @@ class CompiledGraph:
     topology: Topology
     version: int
     secrets_cipher: str
+    hidden: tuple[str, ...] = ()  # the secret values, once a process has decrypted them (see `with_secrets`)
+
+    def with_secrets(self, secrets: dict[str, str]) -> CompiledGraph:
+        """This graph knowing its secret values, so that what it renders hides them."""
+        return replace(self, hidden=tuple(v for v in secrets.values() if v))
+
+    def input_rules(self, max_bytes: int) -> InputRules:
+        """The rules its rendered inputs obey in a process capped at `max_bytes`."""
+        return InputRules(max_bytes, self.hidden)
 
     def namespace_of(self, identifier: str) -> str:
         return self.topology.nodes[identifier].namespace or self.template.namespace

@@ -22,6 +22,7 @@ from .crypto import redact
 from .ledger.transitions import Outcome
 from .node import Store
 from .signals import as_prune, as_requeue
+from .validate import text_problem
 
 _loops: dict[int, asyncio.AbstractEventLoop] = {}
 _loops_lock = threading.Lock()
@@ -231,5 +232,8 @@ def run_node(
         outputs = _normalise(node_cls, result, max_output_bytes)
     except (ValueError, ValidationError) as exc:
         return Outcome("error", error=redact(str(exc), hide), retryable=False)
-    # A secret never reaches the ledger, not even when a node returns it.
-    return Outcome("success", outputs=redact(outputs, hide), store_writes=store.written)
+    for key, value in store.written.items():
+        if (problem := text_problem(value)) is not None:
+            return Outcome("error", error=f"{name} wrote store key {key!r} whose value {problem}", retryable=False)
+    # A secret never reaches the ledger, not even when a node returns it or writes it to the store.
+    return Outcome("success", outputs=redact(outputs, hide), store_writes=redact(store.written, hide))

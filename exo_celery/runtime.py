@@ -12,6 +12,7 @@ from celery.signals import worker_init
 from .celery_app import make_app, queue_name
 from .errors import ConfigError
 from .ledger.db import forget_engines, size_worker_pools
+from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
 from .node import is_node_class, node_schema
 from .settings import Settings, load_settings
@@ -53,6 +54,9 @@ class Runtime:
             )
         if not node_list:
             raise ConfigError("Runtime needs at least one node class")
+        named = [p for n in node_list if (p := name_problem("node class name", n.__name__)) is not None]
+        if named:  # node names are parts of task and queue names, as namespaces are
+            raise ConfigError("; ".join(named))
         self.namespace = namespace
         self.name = name
         self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
@@ -82,6 +86,10 @@ class Runtime:
         schemas = {name: node_schema(cls) for name, cls in self.nodes.items()}
         Repo(self.settings.ledger_url).register_nodes(self.namespace, schemas, self.name)
 
+    def check_secrets_key(self) -> None:
+        """Refuse to serve with a secrets key other than the ledger's (ConfigError): its states could not run."""
+        check_secrets_key(self.settings.ledger_url, self.settings.fernet_key())
+
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
             return
@@ -89,6 +97,11 @@ class Runtime:
         if (problem := pool_problem(sender.pool_cls)) is not None:
             logging.getLogger("exo_celery.worker").error("%s", problem)
             raise SystemExit(f"exo_celery: {problem}")
+        try:
+            self.check_secrets_key()
+        except ConfigError as exc:  # `celery -A ... worker`: a signal handler's exception would be ignored
+            logging.getLogger("exo_celery.worker").critical("%s", exc)
+            raise SystemExit(f"error: {exc}") from None
         concurrency = sender.concurrency if isinstance(sender.concurrency, int) else self.concurrency
         size_worker_pools(executions_per_process(sender.pool_cls, concurrency))
         self.register()
@@ -102,4 +115,5 @@ class Runtime:
     def start(self) -> None:
         """Run the worker until it is stopped (blocks); it registers the nodes as it starts."""
         logging.getLogger("exo_celery").setLevel(self.loglevel.upper())
+        self.check_secrets_key()
         self.app.worker_main(self.worker_argv())

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(5.0, gt=0, description="beat's sweep period (s)")
     retention_seconds: float = Field(7 * 24 * 3600.0, gt=0, description="finished runs kept this long (s)")
     max_output_bytes: int = Field(1_048_576, gt=0, description="largest JSON a node may return")
+    max_input_bytes: int = Field(8_388_608, gt=0, description="largest JSON of a state's rendered inputs")
     embedded_polling_interval: float = Field(0.01, gt=0, description="filesystem broker poll (s)")
 
     @field_validator("queue_prefix")

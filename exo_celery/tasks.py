@@ -11,12 +11,16 @@ from celery import Celery, Task
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from . import log_redaction
 from .celery_app import publish, task_name
 from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
+from .errors import ConfigError
 from .execute import Execution, run_node
 from .ledger.repo import Repo
 from .ledger.transitions import MAX_DELIVERIES, Completion, Outcome, Transitions, dispatch_of
+from .log_redaction import hide_in_logs
+from .poison import task_args_problem
 from .settings import Settings
 from .status import FAILED_STATES
 
@@ -84,12 +88,22 @@ class Worker:
         self.namespace = namespace
         self.nodes = nodes
         self.repo = Repo(settings.ledger_url, worker=True)
-        self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown, worker=True)
+        self.transitions = Transitions(
+            settings.ledger_url,
+            settings.lease_seconds,
+            settings.max_countdown,
+            worker=True,
+            max_input_bytes=settings.max_input_bytes,
+        )
         self.heartbeat = Heartbeat(self.transitions, max(0.5, settings.lease_seconds / 3))
-        self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str]]] = {}
+        self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str] | None, str | None]] = {}
 
-    def graph(self, namespace: str, name: str, version: int) -> tuple[CompiledGraph, dict[str, str]]:
-        """A compiled template version and its secrets (versions never change, so they are cached)."""
+    def graph(self, namespace: str, name: str, version: int) -> tuple[CompiledGraph, dict[str, str] | None, str | None]:
+        """A compiled template version, its secrets and why they cannot be read (None when they can).
+
+        Versions never change, so they are cached. The secret values join this process's log filter, and
+        the graph knows them so that nothing it renders writes them to the ledger.
+        """
         key = (namespace, name, version)
         cached = self._graphs.get(key)
         if cached is None:
@@ -97,7 +111,14 @@ class Worker:
             if row is None:
                 raise LookupError(f"graph {name!r} version {version} is missing from the ledger")
             graph = CompiledGraph.from_row(row)
-            cached = (graph, decrypt_secrets(graph.secrets_cipher, self.settings.fernet_key()))
+            try:
+                secrets = decrypt_secrets(graph.secrets_cipher, self.settings.fernet_key())
+            except ConfigError as exc:
+                log.error("graph %r version %d: %s", name, version, exc)
+                cached = (graph, None, str(exc))
+            else:
+                hide_in_logs(secrets.values())
+                cached = (graph.with_secrets(secrets), secrets, None)
             self._graphs[key] = cached
         return cached
 
@@ -130,13 +151,15 @@ class Worker:
             publish(self.app, self.settings, [dispatch_of(row)])
             return {"status": "EARLY"}
         node_cls = self.nodes.get(row["node_name"])
-        graph, secrets = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
+        graph, secrets, key_problem = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
         _log_transition(row, "RUNNING")
         execution = Execution()
         self.heartbeat.track(state_id, token, execution)
         try:
             outcome: Outcome | None
-            if row["attempts"] > MAX_DELIVERIES:
+            if secrets is None:  # a wrong EXO_SECRETS_KEY: no delivery can do better
+                outcome = Outcome("error", retryable=False, error=key_problem)
+            elif row["attempts"] > MAX_DELIVERIES:
                 outcome = Outcome(
                     "error",
                     retryable=False,
@@ -165,7 +188,7 @@ class Worker:
             log.info("state %s: already recorded by another delivery; nothing changed", state_id)
             return {"status": "SKIPPED"}
         # Error texts may quote inputs as well as secrets: neither reaches the log nor Flower.
-        hidden = [*secrets.values(), *(str(v) for v in row["inputs"].values() if len(str(v)) >= 3)]
+        hidden = [*(secrets or {}).values(), *(str(v) for v in row["inputs"].values() if len(str(v)) >= 3)]
         error = redact(outcome.error, hidden)[:300] if outcome.error else None
         _log_transition(row, done.status, error)
         for new_id_, identifier, status in done.created:
@@ -249,11 +272,17 @@ def executions_per_process(pool: Any, concurrency: int) -> int:
 def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: dict[str, type]) -> Worker:
     """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`."""
     worker = Worker(app, settings, nodes, namespace)
+    log_redaction.connect()  # the secrets this worker decrypts never reach its log
     for node_name in nodes:
         name = task_name(settings, namespace, node_name)
 
-        def run(self: Task, state_id: str, run_id: str) -> dict[str, Any]:
-            return worker.run_state(state_id, run_id)
+        def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+            # A message can come from anywhere: one whose arguments are not (state id, run id) is logged
+            # and dropped, so it neither fails noisily nor reaches the ledger.
+            if (problem := task_args_problem(args, kwargs)) is not None:
+                log.warning("discarded a message for %s: %s", self.name, problem)
+                return {"status": "DISCARDED"}
+            return worker.run_state(*args)
 
         # `throws`: an ERRORED state is an expected failure, logged by Celery in one line without a traceback.
         app.task(

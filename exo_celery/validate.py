@@ -11,7 +11,11 @@ from .graph import CronTrigger, GraphNodeModel, StoreConfigModel
 from .mapping import scan_refs
 from .topology import Topology, analyse
 
-IDENTIFIER = re.compile(r"^[\w-]{1,128}$")
+# One rule for every name (graph, namespace, node, identifier) on every backend: ASCII letters,
+# digits, '_' and '-'. Names become parts of queue, exchange and task names (`<prefix>.<ns>.<Node>`),
+# and kombu's filesystem transport (the embedded default) accepts only [A-Za-z0-9._-] there; '.'
+# separates the parts, so it is not allowed inside one.
+IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_NAME = 128
 
 
@@ -40,9 +44,9 @@ MAX_STORE_KEY = 256
 
 def store_key_problem(key: object) -> str | None:
     """Why `key` cannot be a store key, or None."""
-    if not isinstance(key, str) or not key or "." in key or "\x00" in key or len(key) > MAX_STORE_KEY:
+    if not isinstance(key, str) or not key or "." in key or len(key) > MAX_STORE_KEY or text_problem(key) is not None:
         shown = key[:60] if isinstance(key, str) else key
-        return f"store key {shown!r} must be 1-{MAX_STORE_KEY} characters, without '.' or NUL"
+        return f"store key {shown!r} must be 1-{MAX_STORE_KEY} characters of valid text, without '.' or NUL"
     return None
 
 
@@ -50,7 +54,18 @@ def name_problem(kind: str, value: Any) -> str | None:
     """Why `value` cannot be a graph name, namespace or identifier, or None."""
     if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         shown = value if not isinstance(value, str) else value[:60]
-        return f"{kind} {shown!r} must be 1-{MAX_NAME} letters, digits, '_' or '-'"
+        return f"{kind} {shown!r} must be 1-{MAX_NAME} ASCII letters, digits, '_' or '-'"
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    """Why the ledger cannot store `value` as text (a NUL, or a lone surrogate that is not UTF-8), or None."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode text (a lone surrogate {value[exc.start]!r} at position {exc.start})"
     return None
 
 
@@ -82,8 +97,8 @@ def validate_template(
             if (problem := store_key_problem(key)) is not None:
                 errors.append(f"{where}: {problem}")
     for key, value in store_config.default_values.items():
-        if "\x00" in value:
-            errors.append(f"store_config.default_values: value of {key!r} contains a NUL character")
+        if (problem := text_problem(value)) is not None:
+            errors.append(f"store_config.default_values: value of {key!r} {problem}")
     for i, t in enumerate(triggers):
         if (problem := cron_problem(t.expression)) is not None:
             errors.append(f"triggers[{i}]: {problem}")

@@ -116,10 +116,21 @@ class StoreRow(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class MetaRow(SQLModel, table=True):
+    """A fact about the ledger itself, by key (e.g. the fingerprint of the secrets key)."""
+
+    __tablename__ = "exo_meta"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float
+
+
 graphs = GraphRow.__table__  # type: ignore[attr-defined]
 nodes = NodeRow.__table__  # type: ignore[attr-defined]
 runs = RunRow.__table__  # type: ignore[attr-defined]
 states = StateRow.__table__  # type: ignore[attr-defined]
 scopes = ScopeRow.__table__  # type: ignore[attr-defined]
 store = StoreRow.__table__  # type: ignore[attr-defined]
+meta = MetaRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from ..engine import (
+    DEFAULT_MAX_INPUT_BYTES,
     CompiledGraph,
     NewState,
     PlanError,
@@ -102,8 +103,17 @@ def dispatch_of(row: dict[str, Any]) -> Dispatch:
 class Transitions:
     """Every status change of states and runs."""
 
-    def __init__(self, url: str, lease_seconds: float, max_countdown: float, *, worker: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        lease_seconds: float,
+        max_countdown: float,
+        *,
+        worker: bool = False,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    ) -> None:
         self.url = url
+        self.max_input_bytes = max_input_bytes  # rendered inputs of a new state (EXO_MAX_INPUT_BYTES)
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.max_countdown = max_countdown
@@ -230,7 +240,8 @@ class Transitions:
                 ancestors = [row["parents"][i] for i in needed if i in row["parents"]]
                 known, store_now = self._plan_reads(row["run_id"], ancestors, reads_store)
                 store_now.update(outcome.store_writes)
-                plan = plan_success(topo, graph.namespace_of, _source(row), outcome.outputs, known, store_now)
+                rules = graph.input_rules(self.max_input_bytes)
+                plan = plan_success(topo, graph.namespace_of, _source(row), outcome.outputs, known, store_now, rules)
                 values["status"] = S.SUCCESS.value
                 created, finished, opens = plan.children, plan.output_states, plan.opens
                 for output_state in finished:
@@ -437,7 +448,10 @@ class Transitions:
         _, reads_store = lineage_refs(topo, [barrier.node])
         store_now = _read_store(conn, row["run_id"]) if reads_store else {}
         try:
-            state = plan_barrier_state(topo, graph.namespace_of, barrier, opener, sid, gathered, known, store_now)
+            rules = graph.input_rules(self.max_input_bytes)
+            state = plan_barrier_state(
+                topo, graph.namespace_of, barrier, opener, sid, gathered, known, store_now, rules
+            )
         except PlanError as exc:
             spec = topo.nodes[barrier.node]
             state = NewState(
@@ -640,8 +654,8 @@ class Transitions:
 
 
 def _text(value: str | None) -> str | None:
-    """Text the ledger can store: PostgreSQL text cannot hold NUL characters."""
-    return None if value is None else value.replace("\x00", "\\x00")
+    """Text the ledger can store: PostgreSQL text holds no NUL, and UTF-8 no lone surrogate (both escaped)."""
+    return None if value is None else value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
 
 
 def _fresh_id() -> str:

@@ -6,7 +6,9 @@ tell how many times each item really ran (the ledger says how many times it *cou
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -172,7 +174,8 @@ class Echo(BaseNode):
 
 
 class Leak(BaseNode):
-    """Uses the secret; `mode` = ok | error (the secret in an exception) | output (the secret in an output)."""
+    """Uses the secret; `mode` = ok | error (the secret in an exception) | output (the secret in an output)
+    | store (the secret written to the store) | keyerror (`KeyError(secret)`) | print (printed and logged)."""
 
     class Inputs(BaseModel):
         mode: str
@@ -184,11 +187,22 @@ class Leak(BaseNode):
         api_key: str
 
     def execute(self) -> Outputs:
+        key = self.secrets.api_key
         if self.inputs.mode == "error":
-            raise ValueError(f"upstream refused key {self.secrets.api_key}")
+            raise ValueError(f"upstream refused key {key}")
         if self.inputs.mode == "output":
-            return self.Outputs(text=f"key={self.secrets.api_key}")
-        return self.Outputs(text=str(len(self.secrets.api_key)))
+            return self.Outputs(text=f"key={key}")
+        if self.inputs.mode == "store":  # the next state reads it with ${{ store.tok }}
+            self.store["tok"] = key
+            self.store["tok_repr"] = repr(key)
+        if self.inputs.mode == "keyerror":  # str(KeyError(key)) is repr(key): escaped if key has a newline
+            raise KeyError(key)
+        if self.inputs.mode == "print":  # Celery redirects a pool process's stdout to its log
+            print(f"printed-marker {key}")
+            print(f"printed-marker-repr {key!r}")
+            logging.getLogger("tests.faults.leak").warning("logged-marker %s", key)
+            sys.stderr.write(f"stderr-marker {key}\n")
+        return self.Outputs(text=str(len(key)))
 
 
 class Bad(BaseNode):
@@ -218,4 +232,20 @@ class Bad(BaseNode):
         return self.Outputs(text="ok")
 
 
-NODES = [FanOut, Work, Hold, Gather, Parse, StoreRaw, PruneWithTime, Echo, Leak, Bad]
+class Sized(BaseNode):
+    """Outputs `n` characters (rendered inputs of its children can grow past EXO_MAX_INPUT_BYTES)."""
+
+    class Inputs(BaseModel):
+        n: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    class Secrets(BaseModel):
+        pass
+
+    def execute(self) -> Outputs:
+        return self.Outputs(text="z" * int(self.inputs.n))
+
+
+NODES = [FanOut, Work, Hold, Gather, Parse, StoreRaw, PruneWithTime, Echo, Leak, Bad, Sized]

@@ -7,14 +7,16 @@ sent to the wrong queue must not make a worker run another namespace's state.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
 
-from exo_celery import GraphNodeModel
+from exo_celery import GraphNodeModel, NotFoundError
 from exo_celery.celery_app import make_app
 
-from ..support import Proc, Stack, run, uid
+from ..support import ROOT, Proc, Stack, run, uid
 from .harness import Figures, Ledger, register, scan_secrets, soak, upsert
 
 
@@ -98,3 +100,57 @@ def test_a_misrouted_message_does_not_run_another_namespaces_state(two: Two, mod
     assert ledger.wait_runs([run_id], timeout=30)[run_id] == "SUCCESS"
     pgid = ledger.value("SELECT outputs->>'pgid' FROM exo_states WHERE id = %s", (state_id,))
     assert pgid == str(two.workers[b].popen.pid), "b's state was run by a's worker"
+
+
+def test_a_client_sees_another_namespaces_runs_and_states_as_not_found(two: Two) -> None:
+    """Issue 13, item 1: only list_runs used to filter; get_run, list_states, cancel, manual_retry and
+    `exo-celery show` now treat another namespace's ids as unknown, and change nothing there."""
+    a, b = two.ns
+    stack = two.stack
+    register(stack, b)
+    fails = [GraphNodeModel(node_name="Parse", identifier="p", inputs={"text": "not a number"})]
+    run(stack.manager(b).upsert_graph("fails", fails, secrets={}, retry_policy={"max_retries": 0}))
+    slow = [
+        GraphNodeModel(node_name="Hold", identifier="h", inputs={"item": "x", "path": "/dev/null", "seconds": "30"})
+    ]
+    run(stack.manager(b).upsert_graph("slow", slow, secrets={}))
+    mb, ma = stack.manager(b), stack.manager(a)
+    failed = run(mb.trigger("fails"))["run_id"]
+    ledger = Ledger(stack.database_url or "")
+    assert ledger.wait_runs([failed], timeout=60)[failed] == "FAILED"
+    running = run(mb.trigger("slow"))["run_id"]
+    errored = ledger.value("SELECT id FROM exo_states WHERE run_id = %s", (failed,))
+    before = ledger.rows("SELECT id, status FROM exo_states WHERE run_id = ANY(%s) ORDER BY id", ([failed, running],))
+
+    for call in (
+        lambda: ma.get_run(failed),
+        lambda: ma.list_states(failed),
+        lambda: ma.cancel(running),
+        lambda: ma.manual_retry(errored),
+        lambda: ma.wait(failed, timeout=1),
+    ):
+        with pytest.raises(NotFoundError, match="does not exist in namespace"):
+            run(call())
+    assert ledger.run_status(running) in {"PENDING", "RUNNING"}, "a's client cancelled b's run"
+    after = ledger.rows("SELECT id, status FROM exo_states WHERE run_id = ANY(%s) ORDER BY id", ([failed, running],))
+    assert after == before, "a's client changed b's states (a retry or a cancel)"
+    assert [r["run_id"] for r in run(ma.list_runs())].count(failed) == 0
+
+    shown = _cli(stack, ["--namespace", a, "--json", "show", failed])
+    assert shown.returncode == 1 and failed not in shown.stdout, shown.stdout
+    assert "does not exist in namespace" in shown.stderr, shown.stderr
+    # b's own client still sees and acts on them.
+    assert run(mb.get_run(failed))["status"] == "FAILED"
+    assert run(mb.manual_retry(errored))["retry_of"] == errored
+    assert run(mb.cancel(running))["status"] == "CANCELLED"
+
+
+def _cli(stack: Stack, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exo_celery.cli", *argv],
+        cwd=ROOT,
+        env={**stack.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
