@@ -10,11 +10,12 @@ from typing import Any
 from celery import Celery, Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from .celery_app import publish, task_name
+from .celery_app import declared_queue, publish, queue_name, task_name
 from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
 from .execute import run_node
 from .ledger.repo import Repo
+from .ledger.runtimes import Runtimes
 from .ledger.transitions import MAX_DELIVERIES, Completion, Outcome, Transitions, dispatch_of
 from .settings import Settings
 
@@ -64,6 +65,7 @@ class Worker:
         self.repo = Repo(settings.ledger_url)
         self.transitions = Transitions(settings.ledger_url, settings.lease_seconds, settings.max_countdown, worker=True)
         self.heartbeat = Heartbeat(self.transitions, max(0.5, settings.lease_seconds / 3))
+        self.runtimes = Runtimes(settings.ledger_url, settings.lease_seconds)
         self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str]]] = {}
 
     def graph(self, namespace: str, name: str, version: int) -> tuple[CompiledGraph, dict[str, str]]:
@@ -92,6 +94,15 @@ class Worker:
             done = _with_db_retry(lambda: self.transitions.complete(graph, row, token, fallback))
         return done
 
+    def _hand_back(self, row: dict[str, Any], token: str) -> None:
+        """A message for a node this worker does not serve (sent by hand, or left on an old queue): give the
+        claim back without spending an attempt or a retry, and send the state to its node's own queue."""
+        queue = queue_name(self.settings, row["namespace"], row["node_name"])
+        if _with_db_retry(lambda: self.runtimes.hand_back(row["id"], token)):
+            node = row["node_name"]
+            log.warning("state %s: node %s is not served by this worker; sent to its queue %s", row["id"], node, queue)
+            publish(self.app, self.settings, [dispatch_of(row)])
+
     def run_state(self, state_id: str, run_id: str) -> None:
         """Execute one state; every step is safe to repeat for the same message."""
         token = new_id()
@@ -103,6 +114,9 @@ class Worker:
             publish(self.app, self.settings, [dispatch_of(row)])
             return
         node_cls = self.nodes.get(row["node_name"])
+        if node_cls is None:
+            self._hand_back(row, token)
+            return
         graph, secrets = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
         _log_transition(row, "RUNNING")
         self.heartbeat.track(token)
@@ -112,10 +126,6 @@ class Worker:
                     "error",
                     retryable=False,
                     error=f"gave up after {MAX_DELIVERIES} deliveries: the worker died or was lost each time",
-                )
-            elif node_cls is None:
-                outcome = Outcome(
-                    "error", error=f"node {row['node_name']!r} is not served by this worker", retryable=True
                 )
             else:
                 outcome = run_node(
@@ -170,13 +180,21 @@ def _with_db_retry(call: Any, attempts: int = 30) -> Any:
 
 
 def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: dict[str, type]) -> Worker:
-    """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`."""
+    """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`, and its queue (same name).
+
+    The nodes' queues become the app's queues, so a `celery -A ... worker` without `-Q` consumes
+    exactly them (and never the `<prefix>.default` queue).
+    """
     worker = Worker(app, settings, nodes, namespace)
+    queues = []
     for node_name in nodes:
         name = task_name(settings, namespace, node_name)
+        queue = queue_name(settings, namespace, node_name)
+        queues.append(declared_queue(queue))
 
         def run(self: Task, state_id: str, run_id: str) -> None:
             worker.run_state(state_id, run_id)
 
-        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run)
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, queue=queue)(run)
+    app.conf.task_queues = queues
     return worker

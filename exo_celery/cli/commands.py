@@ -37,6 +37,7 @@ from .output import (
     safe_url,
     seconds_between,
     status_text,
+    waiting_lines,
 )
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def worker(
     pool: str = typer.Option("", "--pool", "-P", help="Celery pool (prefork, threads, solo)"),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
-    """Run a Celery worker serving NODES on the queue of NAMESPACE."""
+    """Run a Celery worker serving NODES of NAMESPACE: it consumes their queues, <prefix>.<namespace>.<NodeName>."""
     from ..runtime import Runtime
 
     sys.path.insert(0, os.getcwd())
@@ -294,7 +295,8 @@ def trigger(
 
 
 def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | None, show: bool) -> dict[str, Any]:
-    """Poll the run until it ends; the bar shows states finished out of states known so far."""
+    """Poll the run until it ends; the bar shows states finished out of states known so far, and a line
+    says which node waits for a runtime (and when it no longer does)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..status import TERMINAL_RUNS, TERMINAL_STATES, RunStatus
@@ -304,12 +306,18 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, disable=not show, transient=False) as progress:
         task = progress.add_task("states finished", total=1, completed=0)
+        shown: list[str] = []
         pause = 0.05
         while True:
             run = manager.get_run_sync(run_id)
             counts: dict[str, int] = run["counts"]
             done = sum(n for status, n in counts.items() if status in terminal)
             progress.update(task, completed=done, total=max(1, sum(counts.values())), description=f"{run['status']:<9}")
+            waiting = waiting_lines(run)
+            if show and waiting != shown:  # a line when a node starts or stops waiting for a runtime
+                for line in waiting or ["every waiting node has a live runtime now"]:
+                    progress.console.print(f"[yellow]{escape(line)}[/yellow]")
+                shown = waiting
             if RunStatus(run["status"]) in TERMINAL_RUNS:
                 return run
             if deadline is not None and time.monotonic() >= deadline:

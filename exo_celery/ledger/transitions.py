@@ -28,6 +28,7 @@ from ..status import FAILED_STATES, RunStatus, StateStatus
 from ..topology import Barrier
 from .db import get_engine, is_postgres
 from .repo import outputs_of, state_values
+from .runtimes import live_runtime_serves
 from .statements import (
     CLAIM,
     CLAIM_IN_NAMESPACE,
@@ -561,6 +562,9 @@ class Transitions:
                 states.c.lease_until.is_(None),
                 states.c.dispatched_at < stale,
                 states.c.due_at < stale,
+                # Not lost, only waiting: its message sits in its node's queue until a runtime serving it
+                # has been live for a lease.
+                live_runtime_serves(states.c.namespace, states.c.node_name, for_at_least=self.lease_seconds),
             )
             .limit(limit)
         )
