@@ -100,7 +100,7 @@ class Exo:
         """The worker's own throughput: trigger with its consumer paused, then drain (runs/s, s triggering)."""
         name = f"one{uuid.uuid4().hex[:8]}"
         self.ensure(name, one_graph())
-        queue = f"{self.manager.settings.queue_prefix}.{self.manager.namespace}"
+        queue = f"{self.manager.settings.queue_prefix}.{self.manager.namespace}.Hop"  # the one node's queue
         control = self.manager.app.control
         control.cancel_consumer(queue, destination=[nodename], reply=True, timeout=5)
         t0 = time.time()

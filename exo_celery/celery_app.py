@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from contextlib import nullcontext
 
 from celery import Celery
+from kombu import Exchange, Queue
 from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -28,9 +29,32 @@ def is_rabbitmq(url: str) -> bool:
 log = logging.getLogger("exo_celery.publish")
 
 
-def queue_name(settings: Settings, namespace: str) -> str:
-    """The queue a namespace's states go to: `<prefix>.<namespace>`."""
-    return f"{settings.queue_prefix}.{namespace}"
+def namespace_queue_prefix(settings: Settings, namespace: str) -> str:
+    """What every queue of a namespace starts with: `<prefix>.<namespace>.` (for `-Q`, Flower, broker tools)."""
+    return f"{settings.queue_prefix}.{namespace}."
+
+
+def queue_name(settings: Settings, namespace: str, node_name: str) -> str:
+    """The queue a node's states go to: `<prefix>.<namespace>.<NodeName>`.
+
+    One queue per node, under the namespace's prefix: a worker consumes the queues of the nodes it
+    serves, so a state only ever reaches a runtime that can run it, and its message waits in its
+    queue (declared when it is published) until such a runtime starts.
+    """
+    return f"{namespace_queue_prefix(settings, namespace)}{node_name}"
+
+
+def node_of_queue(settings: Settings, namespace: str, queue: str) -> str | None:
+    """The node whose queue `queue` is, in `namespace`; None for any other queue."""
+    prefix = namespace_queue_prefix(settings, namespace)
+    rest = queue[len(prefix) :] if queue.startswith(prefix) else ""
+    return rest if rest and "." not in rest else None
+
+
+def declared_queue(name: str) -> Queue:
+    """A queue as Celery creates a missing one on publish (direct exchange of its own name), so that a
+    worker's declaration and a publisher's agree on RabbitMQ."""
+    return Queue(name, Exchange(name), routing_key=name)
 
 
 def task_name(settings: Settings, namespace: str, node_name: str) -> str:
@@ -96,7 +120,7 @@ def publish(app: Celery, settings: Settings, dispatches: Iterable[Dispatch]) -> 
                 app.send_task(
                     task_name(settings, d.namespace, d.node_name),
                     args=[d.state_id, d.run_id],
-                    queue=queue_name(settings, d.namespace),
+                    queue=queue_name(settings, d.namespace, d.node_name),
                     countdown=countdown if countdown > 0.001 else None,
                     argsrepr=describe(d),
                     kwargsrepr="{}",

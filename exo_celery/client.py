@@ -20,6 +20,7 @@ from .graph import GraphTemplate, parse_graph_parts
 from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, subscribe
 from .ledger.repo import NewRun, Repo
+from .ledger.runtimes import Runtimes, waiting_reason
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
 from .status import TERMINAL_RUNS, RunStatus, StateStatus
@@ -95,6 +96,17 @@ class StateManager:
     def app(self) -> Celery:
         """The Celery app used to publish (created on first publish)."""
         return make_app(self.settings, main=f"exo_celery.client.{self.namespace}")
+
+    @cached_property
+    def runtimes(self) -> Runtimes:
+        """Which runtimes are live (reads only: a client never registers one)."""
+        return Runtimes(self.settings.ledger_url, self.settings.lease_seconds)
+
+    def _waiting(self, run: dict[str, Any]) -> dict[tuple[str, str], int]:
+        """The run's nodes whose unclaimed states no live runtime serves, with how many states wait."""
+        if RunStatus(run["status"]) in TERMINAL_RUNS:
+            return {}
+        return self.runtimes.waiting_nodes(run["id"])
 
     def _publish(self, dispatches: list[Dispatch]) -> None:
         publish(self.app, self.settings, dispatches)
@@ -323,7 +335,9 @@ class StateManager:
         ]
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
-        """A run's status and its states counted by status."""
+        """A run's status and its states counted by status; `waiting` names the nodes whose states wait
+        for a runtime (no live runtime serves them), e.g. `[{"node_name": "X", "namespace": "ns",
+        "reason": "no live runtime serves node X", "states": 3}]`."""
         return await asyncio.to_thread(self.get_run_sync, run_id)
 
     def _own_run(self, run_id: str) -> dict[str, Any]:
@@ -337,7 +351,12 @@ class StateManager:
         run, counts = self.repo.run_with_counts(_check_id("run", run_id))
         if run is None or run["namespace"] != self.namespace:
             raise NotFoundError(f"run {run_id!r} does not exist in namespace {self.namespace!r}")
-        return self._run_view(run, counts)
+        view = self._run_view(run, counts)
+        view["waiting"] = [
+            {"node_name": node, "namespace": ns, "reason": waiting_reason(ns, node, run["namespace"]), "states": n}
+            for (ns, node), n in sorted(self._waiting(run).items())
+        ]
+        return view
 
     @staticmethod
     def _run_view(run: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
@@ -366,7 +385,8 @@ class StateManager:
         return [self._run_view(r, None) for r in self.repo.list_runs(self.namespace, graph_name, limit)]
 
     async def list_states(self, run_id: str) -> list[dict[str, Any]]:
-        """Every state of a run; secret values are masked wherever they would appear."""
+        """Every state of a run; secret values are masked wherever they would appear. `waiting_reason`
+        says why a state has not started when no live runtime serves its node (else None)."""
         return await asyncio.to_thread(self.list_states_sync, run_id)
 
     def list_states_sync(self, run_id: str) -> list[dict[str, Any]]:
@@ -389,9 +409,19 @@ class StateManager:
             "parents",
             "data",
         )
+        waiting = self._waiting(run)
         views = []
         for s in self.repo.list_states(run_id):
             view = {k: redact(s[k], hidden) for k in fields}
+            unserved = (s["namespace"], s["node_name"]) in waiting
+            if (
+                unserved
+                and s["status"] in (StateStatus.QUEUED.value, StateStatus.CREATED.value)
+                and s["lease_until"] is None
+            ):
+                view["waiting_reason"] = waiting_reason(s["namespace"], s["node_name"], run["namespace"])
+            else:
+                view["waiting_reason"] = None
             view.update(
                 run_id=s["run_id"],
                 created_at=iso(s["created_at"]),

@@ -5,6 +5,10 @@ polling every few milliseconds can read an empty file and the worker stops on a
 JSONDecodeError (celery/kombu#1551). Here a message is written under a hidden
 temporary name and renamed into place, and a consumer claims a file by renaming
 it into a processing folder on the same filesystem (atomic: one consumer wins).
+
+A worker consumes one queue per node it serves; kombu polls them one after the other, so the
+folder's listing is shared by the queues polled within a few milliseconds instead of being read
+once per queue.
 """
 
 from __future__ import annotations
@@ -25,8 +29,21 @@ from .poison import SafeDelivery
 log = logging.getLogger("exo_celery.embedded")
 
 
+LISTING_TTL = 0.005  # seconds one listing of the queue folder serves every queue polled meanwhile
+
+
 class Channel(filesystem.Channel):
     """Atomic publish and claim on top of kombu's filesystem channel."""
+
+    _listing: list[str] = []
+    _listed_at = -1.0
+
+    def _names(self) -> list[str]:
+        now = monotonic()
+        if now - self._listed_at > LISTING_TTL:
+            self._listing = sorted(os.listdir(self.data_folder_in))
+            self._listed_at = now
+        return self._listing
 
     @property
     def processing_folder(self) -> str:
@@ -44,7 +61,7 @@ class Channel(filesystem.Channel):
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         wanted = f"{queue}.msg"
-        for filename in sorted(os.listdir(self.data_folder_in)):
+        for filename in self._names():
             if filename.startswith(".") or filename.partition(".")[2] != wanted:
                 continue
             claimed = os.path.join(self.processing_folder, filename)

@@ -1,4 +1,4 @@
-"""`Runtime`: register a namespace's nodes and run a Celery worker on its queue (blocks, like Exosphere's)."""
+"""`Runtime`: register a namespace's nodes and run a Celery worker on their queues (blocks, like Exosphere's)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from .celery_app import make_app, queue_name
+from .celery_app import make_app, namespace_queue_prefix, node_of_queue, queue_name
 from .errors import ConfigError
 from .ledger.db import forget_engines, size_worker_pools
 from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
+from .ledger.runtimes import Runtimes
 from .node import is_node_class, node_schema
+from .presence import Presence
 from .settings import Settings, load_settings
 from .tasks import Worker, executions_per_process, pool_name, pool_problem, register_node_tasks
 from .validate import name_problem
@@ -24,9 +26,10 @@ DEFAULT_POOL = "threads"  # async nodes share one loop per process; sync nodes r
 
 
 class Runtime:
-    """Serve `nodes` for `namespace`: `start()` registers them and consumes `<prefix>.<namespace>`.
+    """Serve `nodes` for `namespace`: `start()` registers them and consumes their queues `<prefix>.<namespace>.<Node>`.
 
-    `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker -Q exo.<ns>` works too.
+    `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker` works too (its queues
+    are the nodes' queues; `-Q exo.<ns>.<Node>,...` picks some of them).
     Exosphere-only arguments (`state_manager_uri`, `key`, ...) are accepted and ignored.
     """
 
@@ -75,11 +78,20 @@ class Runtime:
         self.app.conf.worker_pool = self.pool
         self.app.conf.worker_concurrency = self.concurrency
         self.worker: Worker = register_node_tasks(self.app, self.settings, namespace, self.nodes)
+        self.presence: Presence | None = None
         worker_init.connect(self._on_worker_init, weak=False)
+        worker_ready.connect(self._on_worker_ready, weak=False)
+        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues of this runtime's nodes, `<prefix>.<namespace>.<NodeName>` each."""
+        return [queue_name(self.settings, self.namespace, node) for node in self.nodes]
 
     @property
     def queue(self) -> str:
-        return queue_name(self.settings, self.namespace)
+        """The `-Q` value: the nodes' queues, comma-separated."""
+        return ",".join(self.queues)
 
     def register(self) -> None:
         """Record the nodes' schemas in the ledger so graphs using them validate."""
@@ -102,10 +114,53 @@ class Runtime:
         except ConfigError as exc:  # `celery -A ... worker`: a signal handler's exception would be ignored
             logging.getLogger("exo_celery.worker").critical("%s", exc)
             raise SystemExit(f"error: {exc}") from None
+        self._check_queues(sender.app.amqp.queues)
         concurrency = sender.concurrency if isinstance(sender.concurrency, int) else self.concurrency
         size_worker_pools(executions_per_process(sender.pool_cls, concurrency))
         self.register()
         forget_engines()  # a prefork parent executes nothing: its registration connection is not kept
+
+    def _check_queues(self, queues: Any) -> None:
+        """Drop, with a clear log line, consumed queues of this namespace whose node this worker does not
+        serve (a `-Q` typo or the pre-routing `<prefix>.<namespace>` queue): their messages would be
+        discarded as unregistered tasks. They stay in their queue for a runtime that serves the node."""
+        log = logging.getLogger("exo_celery.runtime")
+        legacy = namespace_queue_prefix(self.settings, self.namespace).rstrip(".")
+        for name in list(queues.consume_from):
+            node = node_of_queue(self.settings, self.namespace, name)
+            if name == legacy:
+                log.error(
+                    "not consuming %s: states go to one queue per node now (%s<NodeName>); "
+                    "beat re-sends what was left on it",
+                    name,
+                    legacy + ".",
+                )
+                queues.deselect([name])
+            elif node is not None and node not in self.nodes:
+                log.error(
+                    "not consuming %s: node %s is not served by this worker (it serves %s); its states wait "
+                    "for a runtime that serves it",
+                    name,
+                    node,
+                    ", ".join(self.nodes),
+                )
+                queues.deselect([name])
+
+    def consumed_nodes(self) -> list[str]:
+        """The nodes whose queues the started worker consumes (all of them unless `-Q` picked some)."""
+        names = set(self.app.amqp.queues.consume_from)
+        return [node for node in self.nodes if queue_name(self.settings, self.namespace, node) in names]
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app and self.presence is None:
+            runtimes = Runtimes(self.settings.ledger_url, self.settings.lease_seconds)
+            self.presence = Presence(runtimes, self.namespace, self.name, self.consumed_nodes())
+            self.presence.start()
+
+    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app and self.presence is not None:
+            self.presence.stop()
+            self.presence = None
 
     def worker_argv(self) -> list[str]:
         """The `celery worker` arguments `start()` uses."""

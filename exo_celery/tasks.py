@@ -12,12 +12,13 @@ from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import log_redaction
-from .celery_app import publish, task_name
+from .celery_app import declared_queue, publish, queue_name, task_name
 from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
 from .errors import ConfigError
 from .execute import Execution, run_node
 from .ledger.repo import Repo
+from .ledger.runtimes import Runtimes
 from .ledger.transitions import MAX_DELIVERIES, Completion, Outcome, Transitions, dispatch_of
 from .log_redaction import hide_in_logs
 from .poison import task_args_problem
@@ -96,6 +97,7 @@ class Worker:
             max_input_bytes=settings.max_input_bytes,
         )
         self.heartbeat = Heartbeat(self.transitions, max(0.5, settings.lease_seconds / 3))
+        self.runtimes = Runtimes(settings.ledger_url, settings.lease_seconds)
         self._graphs: dict[tuple[str, str, int], tuple[CompiledGraph, dict[str, str] | None, str | None]] = {}
 
     def graph(self, namespace: str, name: str, version: int) -> tuple[CompiledGraph, dict[str, str] | None, str | None]:
@@ -135,6 +137,15 @@ class Worker:
             done = _with_db_retry(lambda: self.transitions.complete(graph, row, token, fallback))
         return done
 
+    def _hand_back(self, row: dict[str, Any], token: str) -> None:
+        """A message for a node this worker does not serve (sent by hand, or left on an old queue): give the
+        claim back without spending an attempt or a retry, and send the state to its node's own queue."""
+        queue = queue_name(self.settings, row["namespace"], row["node_name"])
+        if _with_db_retry(lambda: self.runtimes.hand_back(row["id"], token)):
+            node = row["node_name"]
+            log.warning("state %s: node %s is not served by this worker; sent to its queue %s", row["id"], node, queue)
+            publish(self.app, self.settings, [dispatch_of(row)])
+
     def run_state(self, state_id: str, run_id: str) -> dict[str, Any]:
         """Execute one state; every step is safe to repeat for the same message.
 
@@ -151,6 +162,9 @@ class Worker:
             publish(self.app, self.settings, [dispatch_of(row)])
             return {"status": "EARLY"}
         node_cls = self.nodes.get(row["node_name"])
+        if node_cls is None:
+            self._hand_back(row, token)
+            return {"status": "HANDED_BACK"}
         graph, secrets, key_problem = self.graph(row["graph_namespace"], row["graph_name"], row["graph_version"])
         _log_transition(row, "RUNNING")
         execution = Execution()
@@ -164,10 +178,6 @@ class Worker:
                     "error",
                     retryable=False,
                     error=f"gave up after {MAX_DELIVERIES} deliveries: the worker died or was lost each time",
-                )
-            elif node_cls is None:
-                outcome = Outcome(
-                    "error", error=f"node {row['node_name']!r} is not served by this worker", retryable=True
                 )
             else:
                 outcome = run_node(
@@ -270,11 +280,18 @@ def executions_per_process(pool: Any, concurrency: int) -> int:
 
 
 def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: dict[str, type]) -> Worker:
-    """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`."""
+    """Register one task per node class, named `<prefix>.<namespace>.<NodeName>`, and its queue (same name).
+
+    The nodes' queues become the app's queues, so a `celery -A ... worker` without `-Q` consumes
+    exactly them (and never the `<prefix>.default` queue).
+    """
     worker = Worker(app, settings, nodes, namespace)
     log_redaction.connect()  # the secrets this worker decrypts never reach its log
+    queues = []
     for node_name in nodes:
         name = task_name(settings, namespace, node_name)
+        queue = queue_name(settings, namespace, node_name)
+        queues.append(declared_queue(queue))
 
         def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
             # A message can come from anywhere: one whose arguments are not (state id, run id) is logged
@@ -292,5 +309,7 @@ def register_node_tasks(app: Celery, settings: Settings, namespace: str, nodes: 
             reject_on_worker_lost=True,
             ignore_result=True,
             throws=(StateErrored,),
+            queue=queue,
         )(run)
+    app.conf.task_queues = queues
     return worker

@@ -83,9 +83,12 @@ def pg_rabbitmq_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
 def _drop_rabbitmq_queues(prefix: str) -> None:
     from kombu import Connection
 
+    from . import nodes
+
+    queues = [f"{prefix}.{SHARED_NAMESPACE}.{n.__name__}" for n in nodes.NODES]
     with Connection(RABBITMQ_URL) as conn:
         channel = conn.default_channel
-        for name in (f"{prefix}.{SHARED_NAMESPACE}", f"{prefix}.default"):
+        for name in (*queues, f"{prefix}.default"):
             try:
                 channel.queue_delete(name)
             except Exception:  # already gone

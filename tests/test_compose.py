@@ -60,8 +60,9 @@ def test_compose_file_has_the_stack_in_order_with_known_settings() -> None:
 
     worker_env = services["worker"]["environment"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "worker.app", "worker"]
-    queue = services["worker"]["command"][services["worker"]["command"].index("-Q") + 1]
-    assert queue == f"{worker_env['EXO_QUEUE_PREFIX']}.{worker_env['EXO_NAMESPACE']}"
+    queues = services["worker"]["command"][services["worker"]["command"].index("-Q") + 1].split(",")
+    namespace_queues = f"{worker_env['EXO_QUEUE_PREFIX']}.{worker_env['EXO_NAMESPACE']}"
+    assert queues == [f"{namespace_queues}.{node}" for node in ("SplitNumbers", "Square", "SumAll")]  # one per node
     assert services["beat"]["command"][:4] == ["celery", "-A", "beat.app", "beat"]
     assert services["migrate"]["command"] == ["exo-celery", "db", "upgrade"]
     flower = services["flower"]
@@ -118,8 +119,8 @@ def local(command: list[str], stack: Stack) -> list[str]:
     assert command[0] == "celery"
     argv = [sys.executable, "-m", "celery", *command[1:]]
     if "-Q" in argv:
-        namespace = argv[argv.index("-Q") + 1].split(".", 1)[1]
-        argv[argv.index("-Q") + 1] = f"{stack.settings().queue_prefix}.{namespace}"
+        queues = argv[argv.index("-Q") + 1].split(",")
+        argv[argv.index("-Q") + 1] = ",".join(f"{stack.settings().queue_prefix}.{q.split('.', 1)[1]}" for q in queues)
     return argv
 
 

@@ -303,7 +303,7 @@ def test_exosphere_shaped_classes_are_accepted() -> None:
     assert is_node_class(Foreign)
 
 
-def test_messages_carry_ids_only_on_the_namespace_queue(fresh_pg: Stack) -> None:
+def test_messages_carry_ids_only_on_the_node_queue(fresh_pg: Stack) -> None:
     ns = uid("q")
     m = fresh_pg.manager(ns)
     from exo_celery.ledger.repo import Repo
@@ -321,8 +321,8 @@ def test_messages_carry_ids_only_on_the_namespace_queue(fresh_pg: Stack) -> None
     run_id = run(m.trigger(name))["run_id"]
     prefix = fresh_pg.extra["EXO_QUEUE_PREFIX"]
     client = redis.Redis.from_url(REDIS_URL)
-    raw = client.lrange(f"{prefix}.{ns}", 0, -1)
-    assert len(raw) == 1  # no worker serves this namespace yet: the message waits on its queue
+    raw = client.lrange(f"{prefix}.{ns}.Echo", 0, -1)
+    assert len(raw) == 1  # no worker serves this namespace yet: the message waits on its node's queue
     message = json.loads(raw[0])
     assert message["headers"]["task"] == f"{prefix}.{ns}.Echo"
     assert message["headers"]["argsrepr"].count(run_id) == 1

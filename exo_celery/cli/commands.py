@@ -37,6 +37,7 @@ from .output import (
     safe_url,
     seconds_between,
     status_text,
+    waiting_lines,
 )
 
 if TYPE_CHECKING:
@@ -134,7 +135,8 @@ def worker(
     ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
-    """Run a Celery worker serving NODES on the queue of NAMESPACE (see docs/execution.md for pools)."""
+    """Run a Celery worker serving NODES of NAMESPACE on their queues, <prefix>.<namespace>.<NodeName>
+    (see docs/execution.md for pools and docs/routing.md for queues)."""
     from ..runtime import Runtime
 
     sys.path.insert(0, os.getcwd())
@@ -299,7 +301,8 @@ def trigger(
 
 def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | None, show: bool) -> dict[str, Any]:
     """Wait for the run's end (notified, see `StateManager.wait`); the bar shows states finished out of
-    states known so far, refreshed every half second while the run goes on."""
+    states known so far, refreshed every half second while the run goes on, and a line says which node
+    waits for a runtime (and when it no longer does)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..ledger.notify import subscribe
@@ -313,6 +316,7 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
         subscribe(manager.settings.ledger_url, run_id) as ended,
     ):
         task = progress.add_task("states finished", total=1, completed=0)
+        shown: list[str] = []
         # Only the bar needs the run's counts while it goes on; without it, the ledger is read on
         # notification or every 2 s (the fallback for a lost notification).
         pause = 0.5 if show else 2.0
@@ -322,6 +326,11 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
             counts: dict[str, int] = run["counts"]
             done = sum(n for status, n in counts.items() if status in terminal)
             progress.update(task, completed=done, total=max(1, sum(counts.values())), description=f"{run['status']:<9}")
+            waiting = waiting_lines(run)
+            if show and waiting != shown:  # a line when a node starts or stops waiting for a runtime
+                for line in waiting or ["every waiting node has a live runtime now"]:
+                    progress.console.print(f"[yellow]{escape(line)}[/yellow]")
+                shown = waiting
             if RunStatus(run["status"]) in TERMINAL_RUNS:
                 return run
             left = None if deadline is None else deadline - time.monotonic()

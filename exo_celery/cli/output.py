@@ -92,6 +92,14 @@ def safe_url(url: str) -> str:
         return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
 
 
+def waiting_lines(run: dict[str, Any]) -> list[str]:
+    """One line per node of the run whose states wait for a runtime (`get_run`'s `waiting`), plain text."""
+    return [
+        f"waiting for a runtime: {w['reason']} ({w['states']} state{'s' if w['states'] != 1 else ''})"
+        for w in run.get("waiting") or []
+    ]
+
+
 def run_tree(run: dict[str, Any], states: list[dict[str, Any]]) -> Tree:
     """The states of a run as a rich Tree.
 
@@ -126,9 +134,10 @@ def run_tree(run: dict[str, Any], states: list[dict[str, Any]]) -> Tree:
 
     counts = ", ".join(f"{k} {v}" for k, v in sorted((run.get("counts") or {}).items()))
     took = duration(seconds_between(run["created_at"], run.get("finished_at")))
+    waiting = "".join(f"\n[yellow]{escape(line)}[/yellow]" for line in waiting_lines(run))
     tree = Tree(
         f"run [bold]{run['run_id']}[/bold]  graph {escape(run['graph_name'])!r}  namespace "
-        f"{escape(run['namespace'])!r}  {status_text(run['status'])}  {took}  ({counts})"
+        f"{escape(run['namespace'])!r}  {status_text(run['status'])}  {took}  ({counts}){waiting}"
     )
 
     def add(branch: Tree, parent: str | None, depth: int) -> None:
@@ -156,6 +165,8 @@ def state_label(s: dict[str, Any], dim: bool = False) -> str:
         parts.append("[dim]fan-out output[/dim]")  # created with its outputs by the execution of a sibling
     if s.get("retry_count"):
         parts.append(f"retry {s['retry_count']}")
+    if s.get("waiting_reason"):
+        parts.append(f"[yellow]waiting: {escape(s['waiting_reason'])}[/yellow]")
     parts.append(f"[dim]{s['id']}[/dim]")
     if s.get("error"):
         error = one_line(s["error"])

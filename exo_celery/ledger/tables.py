@@ -33,6 +33,33 @@ class NodeRow(SQLModel, table=True):
     updated_at: float
 
 
+class RuntimeRow(SQLModel, table=True):
+    """One started runtime (a worker process tree): who it is and its heartbeat, in the ledger's clock."""
+
+    __tablename__ = "exo_runtimes"
+
+    id: str = Field(primary_key=True, max_length=32)
+    namespace: str = Field(max_length=128)
+    name: str = Field(max_length=256)
+    host: str = Field(max_length=256)
+    pid: int
+    started_at: float
+    heartbeat_at: float = Field(index=True)
+    stale_after: float  # seconds without a heartbeat after which it is not live (its EXO_LEASE_SECONDS)
+    stopped_at: float | None = None
+
+
+class RuntimeNodeRow(SQLModel, table=True):
+    """A node a started runtime serves (it consumes that node's queue); several runtimes may serve one node."""
+
+    __tablename__ = "exo_runtime_nodes"
+    __table_args__ = (Index("ix_exo_runtime_nodes_node", "namespace", "node_name"),)
+
+    runtime_id: str = Field(primary_key=True, max_length=32)
+    namespace: str = Field(max_length=128)
+    node_name: str = Field(primary_key=True, max_length=128)
+
+
 class RunRow(SQLModel, table=True):
     """One run of a graph; `outstanding` counts its states that are not terminal."""
 
@@ -133,4 +160,6 @@ states = StateRow.__table__  # type: ignore[attr-defined]
 scopes = ScopeRow.__table__  # type: ignore[attr-defined]
 store = StoreRow.__table__  # type: ignore[attr-defined]
 meta = MetaRow.__table__  # type: ignore[attr-defined]
+runtimes = RuntimeRow.__table__  # type: ignore[attr-defined]
+runtime_nodes = RuntimeNodeRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata

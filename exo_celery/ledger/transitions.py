@@ -30,6 +30,7 @@ from ..topology import Barrier
 from .db import get_engine, is_postgres
 from .notify import notify_run_ended
 from .repo import outputs_of, state_values
+from .runtimes import live_runtime_serves
 from .statements import (
     CLAIM,
     CLAIM_IN_NAMESPACE,
@@ -620,6 +621,9 @@ class Transitions:
                 states.c.lease_until.is_(None),
                 states.c.due_at <= now,
                 or_(*(and_(states.c.namespace == ns, states.c.node_name == node) for ns, node in nodes)),
+                # Not lost, only waiting: its message sits in its node's queue until a runtime serving it
+                # has been live for a lease.
+                live_runtime_serves(states.c.namespace, states.c.node_name, for_at_least=self.lease_seconds),
             )
             .order_by(states.c.dispatched_at)
             .limit(count)

@@ -93,7 +93,7 @@ def test_a_misrouted_message_does_not_run_another_namespaces_state(two: Two, mod
     settings = stack.settings()
     # The same node name exists in a: a message under a's task name, on a's queue, naming b's state.
     make_app(settings).send_task(
-        f"{settings.queue_prefix}.{a}.Echo", args=[state_id, run_id], queue=f"{settings.queue_prefix}.{a}"
+        f"{settings.queue_prefix}.{a}.Echo", args=[state_id, run_id], queue=f"{settings.queue_prefix}.{a}.Echo"
     )
     two.workers[b] = stack.start_worker(b, "tests.faults.nodes:NODES", concurrency=2)
     ledger = Ledger(stack.database_url or "")
