@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +27,9 @@ class Runtime:
     """Serve `nodes` for `namespace`: `start()` registers them and consumes `<prefix>.<namespace>`.
 
     `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker -Q exo.<ns>` works too.
-    Exosphere-only arguments (`state_manager_uri`, `key`, ...) are accepted and ignored.
+    The positional arguments are the SDK's; `state_manager_uri`, `key`, `batch_size`,
+    `state_manage_version` and `poll_interval` are accepted and unused (states arrive as Celery
+    messages, not by polling a state manager). Ours are keyword-only.
     """
 
     def __init__(
@@ -30,6 +37,12 @@ class Runtime:
         namespace: str,
         name: str,
         nodes: Iterable[type],
+        state_manager_uri: str | None = None,
+        key: str | None = None,
+        batch_size: int = 16,
+        workers: int = 4,
+        state_manage_version: str = "v0",
+        poll_interval: int = 1,
         *,
         database_url: str | None = None,
         broker_url: str | None = None,
@@ -37,10 +50,12 @@ class Runtime:
         pool: str | None = None,
         loglevel: str = "INFO",
         settings: Settings | None = None,
-        **_exosphere_options: Any,
     ) -> None:
         if (problem := name_problem("namespace", namespace)) is not None:
             raise ConfigError(problem)
+        for label, value in (("batch_size", batch_size), ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Runtime {label} must be a whole number >= 1, got {value!r}")
         node_list = list(nodes)
         bad = [repr(n) for n in node_list if not is_node_class(n)]
         if bad:
@@ -53,8 +68,14 @@ class Runtime:
         self.name = name
         self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
+        self.state_manager_uri = state_manager_uri
+        self.key = key
+        self.batch_size = batch_size
+        self.state_manage_version = state_manage_version
+        self.poll_interval = poll_interval
+        self.workers = workers
         # exospherehost's Runtime(workers=N) maps to the worker's process count.
-        self.concurrency = concurrency or _exosphere_options.get("workers")
+        self.concurrency = concurrency or workers
         self.pool = pool
         self.loglevel = loglevel
         self.app: Celery = make_app(self.settings, main=f"exo_celery.{namespace}")
@@ -83,8 +104,66 @@ class Runtime:
             argv += ["-P", self.pool]
         return argv
 
-    def start(self) -> None:
-        """Register the nodes and run the worker until it is stopped (blocks)."""
+    def _run(self) -> None:
+        """Register the nodes and run the worker in this process until it is stopped."""
         logging.getLogger("exo_celery").setLevel(self.loglevel.upper())
         self.register()
         self.app.worker_main(self.worker_argv())
+
+    def start(self) -> asyncio.Task[None] | None:
+        """Run the worker: blocks until it stops, or, inside a running event loop, returns a task.
+
+        As exospherehost's `start()`: called from a running loop (a notebook, an async app) it
+        returns `asyncio.Task` of `_start()`; cancelling the task stops the worker.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._run()
+            return None
+        return loop.create_task(self._start())
+
+    async def _start(self) -> None:
+        """The coroutine form: registers the nodes, then runs the worker until it stops or this is cancelled.
+
+        A Celery worker needs a process's main thread (signal handlers, its pool), so it runs in a
+        forked child process; the child ends with its parent. Raises RuntimeError if it fails.
+        """
+        await asyncio.to_thread(self.register)
+        child = multiprocessing.get_context("fork").Process(
+            target=_child_main, args=(self, os.getpid()), name=f"exo-runtime-{self.name}"
+        )
+        child.start()
+        try:
+            while child.is_alive():
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            await _stop_child(child)
+            raise
+        if child.exitcode not in (0, None):
+            raise RuntimeError(f"the worker of runtime {self.name!r} exited with code {child.exitcode}")
+
+
+def _child_main(runtime: Runtime, parent: int) -> None:
+    """Entry point of `_start()`'s worker process: stop when the parent goes away."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+
+    threading.Thread(target=watch, name="exo-parent-watch", daemon=True).start()
+    runtime._run()
+
+
+async def _stop_child(child: Any, grace: float = 10.0) -> None:
+    """Warm-shut the worker (SIGTERM), then kill it if it lingers past `grace` seconds."""
+    if child.pid is None or not child.is_alive():
+        return
+    os.kill(child.pid, signal.SIGTERM)
+    for _ in range(int(grace / 0.1)):
+        if not child.is_alive():
+            return
+        await asyncio.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    await asyncio.to_thread(child.join, 5)
