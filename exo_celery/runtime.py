@@ -114,12 +114,17 @@ class Runtime:
         """Run the worker: blocks until it stops, or, inside a running event loop, returns a task.
 
         As exospherehost's `start()`: called from a running loop (a notebook, an async app) it
-        returns `asyncio.Task` of `_start()`; cancelling the task stops the worker.
+        returns `asyncio.Task` of `_start()`; cancelling the task stops the worker. Called from a
+        thread other than the main one, it blocks that thread while the worker runs in a child
+        process (see `_start`).
         """
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._run()
+            if threading.current_thread() is threading.main_thread():
+                self._run()
+            else:  # a background thread (getting started's pattern): the worker needs a main thread
+                asyncio.run(self._start())
             return None
         return loop.create_task(self._start())
 
