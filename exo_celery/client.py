@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -13,7 +14,7 @@ from typing import Any
 from celery import Celery
 
 from .celery_app import make_app, publish
-from .crypto import REDACTED, decrypt_secrets, encrypt_secrets, redact
+from .crypto import decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
@@ -27,6 +28,7 @@ from .status import TERMINAL_RUNS, RunStatus, StateStatus
 from .validate import name_problem, store_key_problem, text_problem, validate_template
 
 _ID = re.compile(r"[0-9a-f]{32}")
+log = logging.getLogger("exo_celery.client")
 
 
 def _check_id(kind: str, value: object) -> str:
@@ -65,22 +67,30 @@ def iso(ts: float | None) -> str | None:
 class StateManager:
     """Client for one namespace. Every public method is `async`, like exospherehost's.
 
-    Exosphere-only arguments (`state_manager_uri`, `key`, ...) are accepted and ignored.
+    The positional arguments are the SDK's (`namespace, state_manager_uri, key,
+    state_manager_version`); the last three are accepted and unused, since the client talks to
+    the ledger and the broker directly. Ours are keyword-only.
     """
 
     def __init__(
         self,
         namespace: str,
+        state_manager_uri: str | None = None,
+        key: str | None = None,
+        state_manager_version: str = "v0",
         *,
         database_url: str | None = None,
         broker_url: str | None = None,
         validation_timeout: float = 60.0,
         settings: Settings | None = None,
-        **_exosphere_options: Any,
     ) -> None:
         if (problem := name_problem("namespace", namespace)) is not None:
             raise ConfigError(problem)
         self.namespace = namespace
+        # Kept for code that reads them; nothing here sends requests to a state manager.
+        self.state_manager_uri = state_manager_uri
+        self.key = key
+        self.state_manager_version = state_manager_version
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
         self.validation_timeout = validation_timeout
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
@@ -121,8 +131,14 @@ class StateManager:
         store_config: Any = None,
         triggers: list[Any] | None = None,
         validation_timeout: float | None = None,
+        polling_interval: float = 1,
     ) -> dict[str, Any]:
-        """Validate and store a template; raises GraphValidationError listing every problem."""
+        """Validate and store a template; raises GraphValidationError listing every problem.
+
+        The SDK's signature. Validation happens in this call (no PENDING state to poll), so
+        `polling_interval` is accepted and unused; `validation_timeout` bounds the wait for
+        workers to register nodes the graph names.
+        """
         return await asyncio.to_thread(
             self.upsert_graph_sync,
             graph_name,
@@ -162,6 +178,7 @@ class StateManager:
         store_config: Any = None,
         triggers: list[Any] | None = None,
         validation_timeout: float | None = None,
+        polling_interval: float = 1,
     ) -> dict[str, Any]:
         """Blocking form of `upsert_graph`."""
         problems = [p for p in [name_problem("graph name", graph_name)] if p]
@@ -208,8 +225,12 @@ class StateManager:
         return self._graph_view(template, version)
 
     def _graph_view(self, template: GraphTemplate, version: int) -> dict[str, Any]:
-        view = template.model_dump(mode="json", exclude={"secret_names"})
-        view["secrets"] = {name: REDACTED for name in template.secret_names}
+        """Exosphere's UpsertGraphTemplateResponse keys (secrets as {name: true}), plus ours."""
+        view = template.model_dump(mode="json", exclude={"secret_names", "triggers"})
+        view["secrets"] = {name: True for name in template.secret_names}
+        view["triggers"] = [t.exosphere_view() for t in template.triggers]
+        times = self.repo.graph_times(self.namespace, template.name, version)
+        view["created_at"], view["updated_at"] = (iso(t) for t in times) if times else (None, None)
         view["version"] = version
         view["validation_status"] = "VALID"
         view["validation_errors"] = []
@@ -261,7 +282,11 @@ class StateManager:
         store: dict[str, str] | None = None,
         start_delay: int = 0,
     ) -> dict[str, Any]:
-        """Start a run; `start_delay` in ms. Returns {"status": "CREATED", "run_id": ...}."""
+        """Start a run; `start_delay` in ms. Returns {"status": "CREATED", "run_id": ...} and ours.
+
+        Inputs the root node does not take are dropped, as Exosphere's state manager does;
+        a warning names them and so does the response's `dropped_inputs`.
+        """
         return await asyncio.to_thread(self.trigger_sync, graph_name, inputs, store, start_delay)
 
     def trigger_sync(
@@ -281,13 +306,17 @@ class StateManager:
             problems.append(f"start_delay must be a finite number of milliseconds >= 0, got {start_delay!r}")
         if problems:
             raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
-        inputs, store = dict(inputs or {}), dict(store or {})
-        value_problems = _value_problems(inputs, store)
+        given, store = dict(inputs or {}), dict(store or {})
+        value_problems = _value_problems(given, store)
         self._check_graph_name(graph_name)
+        dropped: list[str] = []
 
         def prepare(version: int) -> NewRun:
             graph = self._with_secrets(self._load_graph(graph_name, version))
-            problems = [*value_problems, *self._input_problems(graph, inputs)]
+            known = self._root_inputs(graph) if given else set()
+            dropped[:] = [key for key in given if key not in known]
+            inputs = {key: value for key, value in given.items() if key in known}
+            problems = list(value_problems)
             root_spec = graph.topology.nodes[graph.topology.root]
             for kind, value in (("namespace", graph.namespace_of(root_spec.identifier)), ("node", root_spec.node_name)):
                 if (problem := name_problem(f"root {kind}", value)) is not None:
@@ -312,27 +341,28 @@ class StateManager:
             return NewRun(run_id, root, redact(full_store, graph.hidden) if graph.hidden else full_store, due_at)
 
         run = self.repo.create_run(self.namespace, graph_name, prepare, cron_key)
+        extra = {"graph_name": graph_name, "namespace": self.namespace, "dropped_inputs": list(dropped)}
+        if dropped:
+            log.warning(
+                "trigger of graph %r: dropped input(s) %s, which the root node does not take",
+                graph_name,
+                ", ".join(repr(k) for k in dropped),
+            )
         if run is None:
-            return {"status": "DUPLICATE", "run_id": None, "graph_name": graph_name, "namespace": self.namespace}
+            return {"status": "DUPLICATE", "run_id": None, **extra}
         root, run_id = run.root, run.run_id
         if root.status == StateStatus.QUEUED:
             self._publish(
                 [Dispatch(root.id, run_id, root.namespace, root.node_name, graph_name, root.identifier, run.due_at)]
             )
-        return {"status": "CREATED", "run_id": run_id, "graph_name": graph_name, "namespace": self.namespace}
+        return {"status": "CREATED", "run_id": run_id, **extra}
 
-    def _input_problems(self, graph: CompiledGraph, inputs: dict[str, Any]) -> list[str]:
-        """Trigger inputs that the root node does not take (its registered schema, else the template's)."""
-        if not inputs:
-            return []
+    def _root_inputs(self, graph: CompiledGraph) -> set[str]:
+        """The inputs the root node takes: its template's, and its registered schema's when known."""
         root = graph.topology.nodes[graph.topology.root]
         schema = self.repo.registry({(graph.namespace_of(root.identifier), root.node_name)})
-        known = next(iter(schema.values()))["inputs"] if schema else list(root.inputs)
-        return [
-            f"input {key!r} is not an input of the root node {root.identifier!r} ({root.node_name})"
-            for key in inputs
-            if key not in known
-        ]
+        registered = next(iter(schema.values()))["inputs"] if schema else []
+        return {*root.inputs, *registered}
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         """A run's status and its states counted by status; `waiting` names the nodes whose states wait

@@ -7,10 +7,43 @@ import random
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import GraphValidationError
 from .retry import RetryStrategyEnum, compute_delay
+
+
+def plain(value: Any) -> Any:
+    """`value` with foreign pydantic models dumped to dicts and enums to their values.
+
+    This is how exospherehost's own objects (`exospherehost.GraphNodeModel`, its enums, ...)
+    are accepted by shape without importing that package: they become the plain data our models
+    validate. Our own models are left alone.
+    """
+    if isinstance(value, _ShapeModel):
+        return value
+    if isinstance(value, BaseModel):
+        return plain(value.model_dump())
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+class _ShapeModel(BaseModel):
+    """Base of the template models: an instance of a foreign model of the same shape is accepted."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_by_shape(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel) and not isinstance(data, cls):
+            return plain(data)
+        if isinstance(data, dict):
+            return {k: plain(v) if isinstance(v, (BaseModel, Enum)) else v for k, v in data.items()}
+        return data
 
 
 class UnitesStrategyEnum(str, Enum):
@@ -20,14 +53,14 @@ class UnitesStrategyEnum(str, Enum):
     ALL_DONE = "ALL_DONE"
 
 
-class UnitesModel(BaseModel):
+class UnitesModel(_ShapeModel):
     """`unites` of a node: run once per execution of `identifier`, after all its branches."""
 
     identifier: str
     strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS
 
 
-class GraphNodeModel(BaseModel):
+class GraphNodeModel(_ShapeModel):
     """One node of a graph template."""
 
     model_config = ConfigDict(extra="forbid")
@@ -40,7 +73,7 @@ class GraphNodeModel(BaseModel):
     unites: UnitesModel | None = None
 
 
-class RetryPolicyModel(BaseModel):
+class RetryPolicyModel(_ShapeModel):
     """Graph-level retry policy; delays in milliseconds."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +89,7 @@ class RetryPolicyModel(BaseModel):
         return compute_delay(self.strategy, self.backoff_factor, self.exponent, self.max_delay, retry_count, rng)
 
 
-class StoreConfigModel(BaseModel):
+class StoreConfigModel(_ShapeModel):
     """Store keys a trigger must give, and defaults for the rest."""
 
     model_config = ConfigDict(extra="forbid")
@@ -65,13 +98,14 @@ class StoreConfigModel(BaseModel):
     default_values: dict[str, str] = Field(default_factory=dict)
 
 
-class CronTrigger(BaseModel):
+class CronTrigger(_ShapeModel):
     """Trigger the graph at each time of a 5-field cron expression (UTC)."""
 
     model_config = ConfigDict(extra="forbid")
 
     expression: str
     type: str = "CRON"
+    timezone: str = "UTC"
 
     @field_validator("type")
     @classmethod
@@ -79,6 +113,17 @@ class CronTrigger(BaseModel):
         if value.upper() != "CRON":
             raise ValueError(f"unsupported trigger type {value!r} (only CRON)")
         return "CRON"
+
+    @field_validator("timezone")
+    @classmethod
+    def _only_utc(cls, value: str) -> str:
+        if value.upper() not in {"UTC", "ETC/UTC", "Z"}:
+            raise ValueError(f"unsupported timezone {value!r}: cron triggers run in UTC")
+        return "UTC"
+
+    def exosphere_view(self) -> dict[str, Any]:
+        """Exosphere's response form: {"type": "CRON", "value": {"expression", "timezone"}}."""
+        return {"type": "CRON", "value": {"expression": self.expression, "timezone": self.timezone}}
 
 
 class GraphTemplate(BaseModel):
@@ -105,9 +150,10 @@ def _describe(exc: ValidationError, where: str) -> list[str]:
 
 
 def parse_trigger(raw: Any) -> CronTrigger:
-    """A trigger from a model, an expression string, or Exosphere's JSON form."""
+    """A trigger from a model (ours or exospherehost's), an expression string, or Exosphere's JSON form."""
     if isinstance(raw, CronTrigger):
         return raw
+    raw = plain(raw)
     if isinstance(raw, str):
         return CronTrigger(expression=raw)
     if isinstance(raw, dict):
@@ -140,7 +186,7 @@ def parse_graph_parts(
         graph_nodes = []
     for i, raw in enumerate(graph_nodes):
         try:
-            nodes.append(raw if isinstance(raw, GraphNodeModel) else GraphNodeModel.model_validate(raw))
+            nodes.append(raw if isinstance(raw, GraphNodeModel) else GraphNodeModel.model_validate(plain(raw)))
         except ValidationError as exc:
             errors.extend(_describe(exc, f"nodes[{i}]"))
     if not graph_nodes:
@@ -152,7 +198,7 @@ def parse_graph_parts(
         if isinstance(raw, model):
             return raw
         try:
-            return model.model_validate(raw)
+            return model.model_validate(plain(raw))
         except ValidationError as exc:
             errors.extend(_describe(exc, where))
             return model()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +35,9 @@ class Runtime:
 
     `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker` works too (its queues
     are the nodes' queues; `-Q exo.<ns>.<Node>,...` picks some of them).
-    Exosphere-only arguments (`state_manager_uri`, `key`, ...) are accepted and ignored.
+    The positional arguments are the SDK's; `state_manager_uri`, `key`, `batch_size`,
+    `state_manage_version` and `poll_interval` are accepted and unused (states arrive as Celery
+    messages, not by polling a state manager). Ours are keyword-only.
     """
 
     def __init__(
@@ -38,6 +45,12 @@ class Runtime:
         namespace: str,
         name: str,
         nodes: Iterable[type],
+        state_manager_uri: str | None = None,
+        key: str | None = None,
+        batch_size: int = 16,
+        workers: int = 4,
+        state_manage_version: str = "v0",
+        poll_interval: int = 1,
         *,
         database_url: str | None = None,
         broker_url: str | None = None,
@@ -45,10 +58,12 @@ class Runtime:
         pool: str | None = None,
         loglevel: str = "INFO",
         settings: Settings | None = None,
-        **_exosphere_options: Any,
     ) -> None:
         if (problem := name_problem("namespace", namespace)) is not None:
             raise ConfigError(problem)
+        for label, value in (("batch_size", batch_size), ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Runtime {label} must be a whole number >= 1, got {value!r}")
         node_list = list(nodes)
         bad = [repr(n) for n in node_list if not is_node_class(n)]
         if bad:
@@ -64,9 +79,15 @@ class Runtime:
         self.name = name
         self.nodes: dict[str, type] = {n.__name__: n for n in node_list}
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
+        self.state_manager_uri = state_manager_uri
+        self.key = key
+        self.batch_size = batch_size
+        self.state_manage_version = state_manage_version
+        self.poll_interval = poll_interval
+        self.workers = workers
         # Exosphere's Runtime(workers=N): N node executions at once, by default N threads of one process
         # sharing one asyncio loop for async nodes (not N processes).
-        self.concurrency: int = concurrency or _exosphere_options.get("workers") or DEFAULT_WORKERS
+        self.concurrency: int = concurrency or workers or DEFAULT_WORKERS
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"workers/concurrency must be a positive integer, got {self.concurrency!r}")
         self.pool: str = pool_name(pool or DEFAULT_POOL)
@@ -167,8 +188,71 @@ class Runtime:
         argv = ["worker", "-Q", self.queue, "-n", f"{self.name}@%h", f"--loglevel={self.loglevel}", "-E"]
         return [*argv, "-c", str(self.concurrency), "-P", self.pool]
 
-    def start(self) -> None:
-        """Run the worker until it is stopped (blocks); it registers the nodes as it starts."""
+    def _run(self) -> None:
+        """Run the worker in this process until it is stopped; it registers the nodes as it starts."""
         logging.getLogger("exo_celery").setLevel(self.loglevel.upper())
         self.check_secrets_key()
         self.app.worker_main(self.worker_argv())
+
+    def start(self) -> asyncio.Task[None] | None:
+        """Run the worker: blocks until it stops, or, inside a running event loop, returns a task.
+
+        As exospherehost's `start()`: called from a running loop (a notebook, an async app) it
+        returns `asyncio.Task` of `_start()`; cancelling the task stops the worker. Called from a
+        thread other than the main one, it blocks that thread while the worker runs in a child
+        process (see `_start`).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            if threading.current_thread() is threading.main_thread():
+                self._run()
+            else:  # a background thread (getting started's pattern): the worker needs a main thread
+                asyncio.run(self._start())
+            return None
+        return loop.create_task(self._start())
+
+    async def _start(self) -> None:
+        """The coroutine form: registers the nodes, then runs the worker until it stops or this is cancelled.
+
+        A Celery worker needs a process's main thread (signal handlers, its pool), so it runs in a
+        forked child process; the child ends with its parent. Raises RuntimeError if it fails.
+        """
+        await asyncio.to_thread(self.register)
+        child = multiprocessing.get_context("fork").Process(
+            target=_child_main, args=(self, os.getpid()), name=f"exo-runtime-{self.name}"
+        )
+        child.start()
+        try:
+            while child.is_alive():
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            await _stop_child(child)
+            raise
+        if child.exitcode not in (0, None):
+            raise RuntimeError(f"the worker of runtime {self.name!r} exited with code {child.exitcode}")
+
+
+def _child_main(runtime: Runtime, parent: int) -> None:
+    """Entry point of `_start()`'s worker process: stop when the parent goes away."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+
+    threading.Thread(target=watch, name="exo-parent-watch", daemon=True).start()
+    runtime._run()
+
+
+async def _stop_child(child: Any, grace: float = 10.0) -> None:
+    """Warm-shut the worker (SIGTERM), then kill it if it lingers past `grace` seconds."""
+    if child.pid is None or not child.is_alive():
+        return
+    os.kill(child.pid, signal.SIGTERM)
+    for _ in range(int(grace / 0.1)):
+        if not child.is_alive():
+            return
+        await asyncio.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    await asyncio.to_thread(child.join, 5)

@@ -26,17 +26,22 @@ class ReQueueAfterSignal(Exception):
         super().__init__(f"requeue after {delay}")
 
 
+def _named(exc: BaseException, name: str) -> bool:
+    """True if `exc`'s class or one of its bases is called `name` (exospherehost's signals, by shape)."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
 def as_prune(exc: BaseException) -> dict[str, Any] | None:
-    """The prune data if `exc` is a PruneSignal (ours or exospherehost's), else None."""
-    if isinstance(exc, PruneSignal) or type(exc).__name__ == "PruneSignal":
+    """The prune data if `exc` is a PruneSignal (ours, exospherehost's, or a subclass), else None."""
+    if isinstance(exc, PruneSignal) or _named(exc, "PruneSignal"):
         data = getattr(exc, "data", None)
         return dict(data) if isinstance(data, dict) else {}
     return None
 
 
 def as_requeue(exc: BaseException) -> timedelta | None:
-    """The delay if `exc` is a ReQueueAfterSignal (ours or exospherehost's), else None."""
-    if isinstance(exc, ReQueueAfterSignal) or type(exc).__name__ == "ReQueueAfterSignal":
+    """The delay if `exc` is a ReQueueAfterSignal (ours, exospherehost's, or a subclass), else None."""
+    if isinstance(exc, ReQueueAfterSignal) or _named(exc, "ReQueueAfterSignal"):
         delay = getattr(exc, "delay", None)
         if isinstance(delay, timedelta) and delay.total_seconds() > 0:
             return delay

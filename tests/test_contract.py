@@ -61,7 +61,7 @@ def test_secrets_reach_the_node_and_appear_nowhere_else(pg_stack: Stack) -> None
     assert by["leak"]["status"] == "ERRORED" and "***" in by["leak"]["error"]
     assert SECRET not in json.dumps(listed)
     graph = run(m.get_graph(name))
-    assert graph["secrets"] == {"api_key": "***"} and SECRET not in json.dumps(graph)
+    assert graph["secrets"] == {"api_key": True} and SECRET not in json.dumps(graph)
 
     engine = create_engine(pg_stack.settings().ledger_url)
     with engine.connect() as conn:
@@ -175,8 +175,6 @@ def test_bad_trigger_calls_raise_and_write_nothing(stack: Stack) -> None:
         run(m.trigger("missing-graph"))
     with pytest.raises(TriggerError, match=r"required store key\(s\) missing: \['k'\]"):
         run(m.trigger(name))
-    with pytest.raises(TriggerError, match="input 'nope' is not an input of the root node"):
-        run(m.trigger(name, inputs={"nope": "x"}, store={"k": "v"}))
     with pytest.raises(TriggerError, match="store 'k' must be a string"):
         run(m.trigger(name, store={"k": 5}))  # type: ignore[dict-item]
     with pytest.raises(TriggerError, match="start_delay"):
@@ -184,6 +182,41 @@ def test_bad_trigger_calls_raise_and_write_nothing(stack: Stack) -> None:
     with pytest.raises(ExoError):
         run(m.get_run("no-such-run"))
     assert count_rows(stack) == before
+
+
+def test_trigger_drops_inputs_the_root_does_not_take_and_responses_have_exosphere_shapes(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = stack.manager(NS)
+    name = uid()
+    graph = run(
+        m.upsert_graph(
+            name,
+            [GraphNodeModel(node_name="Echo", identifier="a", inputs={"text": "t"})],
+            {"api_key": SECRET},
+            triggers=[{"type": "CRON", "value": {"expression": "0 9 * * 1-5"}}],
+            polling_interval=1,  # the SDK's argument
+        )
+    )
+    exosphere_keys = {"nodes", "secrets", "retry_policy", "store_config", "triggers", "created_at", "updated_at"}
+    assert exosphere_keys | {"validation_status", "validation_errors"} <= set(graph)
+    assert graph["secrets"] == {"api_key": True} and graph["validation_status"] == "VALID"
+    assert graph["triggers"] == [{"type": "CRON", "value": {"expression": "0 9 * * 1-5", "timezone": "UTC"}}]
+    assert graph["created_at"] == graph["updated_at"]
+    again = run(m.upsert_graph(name, [GraphNodeModel(node_name="Echo", identifier="a", inputs={"text": "t"})], {}))
+    fetched = run(m.get_graph(name))
+    assert again["created_at"] == fetched["created_at"] == graph["created_at"] < fetched["updated_at"]
+    assert fetched["updated_at"] == again["updated_at"] and fetched["secrets"] == {}
+
+    with caplog.at_level("WARNING", logger="exo_celery.client"):
+        created = run(m.trigger(name, inputs={"text": "hi", "user_id": "123"}))
+    assert {"status", "run_id"} <= set(created) and created["status"] == "CREATED"
+    assert created["dropped_inputs"] == ["user_id"]
+    assert any("user_id" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert run(m.wait(created["run_id"], timeout=60))["status"] == "SUCCESS"
+    states = run(m.list_states(created["run_id"]))
+    assert states[0]["inputs"] == {"text": "hi"} and states[0]["outputs"] == {"text": "hi"}
+    assert run(m.trigger(name))["dropped_inputs"] == []
 
 
 def test_unite_race_200_branches_on_two_worker_processes_gives_one_unite(fresh_pg: Stack) -> None:
@@ -279,7 +312,7 @@ def test_exosphere_json_body_and_duck_typed_nodes(stack: Stack) -> None:
     }
     graph = run(m.upsert_graph_json(name, body))
     assert graph["retry_policy"]["strategy"] == "LINEAR_FULL_JITTER"
-    assert graph["triggers"][0]["expression"] == "0 9 * * 1-5"
+    assert graph["triggers"] == [{"type": "CRON", "value": {"expression": "0 9 * * 1-5", "timezone": "UTC"}}]
     run_id = run(m.trigger(name))["run_id"]
     assert run(m.wait(run_id, timeout=60))["status"] == "SUCCESS"
 

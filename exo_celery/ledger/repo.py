@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..engine import NewState
@@ -182,6 +182,15 @@ class Repo:
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
             return dict(row) if row else None
+
+    def graph_times(self, namespace: str, name: str, version: int) -> tuple[float, float] | None:
+        """(created_at, updated_at) of a graph: its first version's time and `version`'s, or None."""
+        q = select(
+            func.min(graphs.c.updated_at), func.max(case((graphs.c.version == version, graphs.c.updated_at)))
+        ).where(graphs.c.namespace == namespace, graphs.c.name == name)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None or row[0] is None or row[1] is None else (float(row[0]), float(row[1]))
 
     def latest_graphs(self) -> list[dict[str, Any]]:
         """The latest version of every graph (beat reads their triggers)."""
