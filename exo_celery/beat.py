@@ -1,6 +1,6 @@
 """The beat process: releases due states, recovers lost ones, fires cron triggers, purges old runs.
 
-Run it as `exo-celery beat`, or as `celery -A beat.app beat` (the app's scheduler
+Run it as `exo-celery beat`, or as `celery -A exo_celery.beat_app beat` (the app's scheduler
 is `ExoScheduler`, which does the same work inside Celery's beat loop). Two beat
 processes are safe: every step is a compare-and-set or a unique insert.
 """
@@ -8,6 +8,8 @@ processes are safe: every step is a compare-and-set or a unique insert.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +22,7 @@ from .client import StateManager
 from .cron import fire_times
 from .engine import CompiledGraph
 from .errors import ExoError
+from .ledger.heartbeats import record_beat
 from .ledger.repo import Repo
 from .ledger.transitions import Transitions
 from .settings import Settings, load_settings
@@ -45,6 +48,8 @@ class Beat:
         self._last_sweep = 0.0
         self._last_purge = 0.0
         self._managers: dict[str, StateManager] = {}
+        self.name = default_beat_name()  # the heartbeat row this process refreshes
+        self.started_at = time.time()
 
     @property
     def horizon(self) -> float:
@@ -83,7 +88,19 @@ class Beat:
                 self._last_purge = 0.0  # not finished: carry on next tick
             if purged:
                 log.info("purged %d finished run(s) past retention", purged)
+        self.heartbeat()
         return min(1.0, self.settings.sweep_interval)
+
+    def heartbeat(self) -> None:
+        """Record that a tick finished (on the ledger's clock); `exo-celery beat --check` reads it."""
+        record_beat(
+            self.settings.ledger_url,
+            self.name,
+            socket.gethostname(),
+            os.getpid(),
+            self.started_at,
+            self.settings.sweep_interval,
+        )
 
     def fire_crons(self, now: float) -> int:
         """Trigger every graph whose cron time passed since the last check (once, across beats)."""
@@ -133,6 +150,16 @@ class Beat:
                 log.exception("beat tick failed; retrying")
                 pause = 1.0
             time.sleep(pause)
+
+
+def default_beat_name() -> str:
+    """`beat@<hostname>`: a container's healthcheck runs on its beat's host, so it finds its row."""
+    return f"beat@{socket.gethostname()}"
+
+
+def heartbeat_limit(settings: Settings) -> float:
+    """How old the last tick may be before `exo-celery beat --check` fails: a few sweep intervals."""
+    return max(3 * settings.sweep_interval, 10.0)
 
 
 class ExoScheduler(Scheduler):

@@ -116,10 +116,24 @@ class StoreRow(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class HeartbeatRow(SQLModel, table=True):
+    """The last tick of one beat process (by name), on the ledger's clock; `exo-celery beat --check` reads it."""
+
+    __tablename__ = "exo_heartbeats"
+
+    name: str = Field(primary_key=True, max_length=256)
+    host: str = Field(max_length=256)
+    pid: int
+    started_at: float
+    beat_at: float
+    sweep_interval: float
+
+
 graphs = GraphRow.__table__  # type: ignore[attr-defined]
 nodes = NodeRow.__table__  # type: ignore[attr-defined]
 runs = RunRow.__table__  # type: ignore[attr-defined]
 states = StateRow.__table__  # type: ignore[attr-defined]
 scopes = ScopeRow.__table__  # type: ignore[attr-defined]
 store = StoreRow.__table__  # type: ignore[attr-defined]
+heartbeats = HeartbeatRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata
