@@ -1,21 +1,8 @@
-"""The Celery app of the exo_celery beat process, for `celery -A beat.app beat`.
+"""`celery -A beat.app beat`, kept for existing deployments: the same app as `exo_celery.beat_app`.
 
-Its scheduler is `exo_celery.beat:ExoScheduler`, which on every tick releases delayed states that
-are due, re-sends states whose worker died or whose message was lost, fires cron triggers and
-purges runs past retention (the same work as `exo-celery beat`). Any `beat_schedule` entries you
-add to this app still run as usual. Configured from the environment (see config/README.md).
-
-Run one beat per deployment; a second one is harmless (every step is a compare-and-set or a unique
-insert), so a standby can run too. This module is an entry point only: the library never imports it.
+New deployments use `celery -A exo_celery.beat_app beat`, which works from an installed package.
 """
 
-from __future__ import annotations
+from exo_celery.beat_app import app
 
-from exo_celery.celery_app import make_app
-from exo_celery.settings import load_settings
-
-settings = load_settings()
-app = make_app(settings, main="exo_celery.beat")
-app.conf.beat_scheduler = "exo_celery.beat:ExoScheduler"
-# Celery beat sleeps at most this long between ticks; the sweep needs a tick at least this often.
-app.conf.beat_max_loop_interval = min(5.0, settings.sweep_interval)
+__all__ = ["app"]

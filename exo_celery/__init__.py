@@ -58,4 +58,13 @@ __all__ = [
     "OutputError",
 ]
 
-__version__ = "0.1.0"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("exo_celery")  # the one source: pyproject.toml's version, as installed
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

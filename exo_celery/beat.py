@@ -1,6 +1,6 @@
 """The beat process: releases due states, recovers lost ones, fires cron triggers, purges old runs.
 
-Run it as `exo-celery beat`, or as `celery -A beat.app beat` (the app's scheduler
+Run it as `exo-celery beat`, or as `celery -A exo_celery.beat_app beat` (the app's scheduler
 is `ExoScheduler`, which does the same work inside Celery's beat loop). Two beat
 processes are safe: every step is a compare-and-set or a unique insert.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from .client import StateManager
 from .cron import fire_times
 from .engine import CompiledGraph
 from .errors import ExoError
+from .ledger.heartbeats import record_beat
 from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
 from .ledger.transitions import Dispatch, Transitions
@@ -121,6 +123,8 @@ class Beat:
         self._last_sweep = 0.0
         self._last_purge = 0.0
         self._managers: dict[str, StateManager] = {}
+        self.name = default_beat_name()  # the heartbeat row this process refreshes
+        self.started_at = time.time()
 
     @property
     def horizon(self) -> float:
@@ -159,6 +163,7 @@ class Beat:
                 self._last_purge = 0.0  # not finished: carry on next tick
             if purged:
                 log.info("purged %d finished run(s) past retention", purged)
+        self.heartbeat()
         return min(1.0, self.settings.sweep_interval)
 
     def resend_unclaimed(self) -> list[Dispatch]:
@@ -177,6 +182,16 @@ class Beat:
             queued, in_flight = load.get(q, (0, 0))
             resent += self.transitions.resend_oldest(nodes, likely_lost(waiting, queued, in_flight))
         return resent
+    def heartbeat(self) -> None:
+        """Record that a tick finished (on the ledger's clock); `exo-celery beat --check` reads it."""
+        record_beat(
+            self.settings.ledger_url,
+            self.name,
+            socket.gethostname(),
+            os.getpid(),
+            self.started_at,
+            self.settings.sweep_interval,
+        )
 
     def fire_crons(self, now: float) -> int:
         """Trigger every graph whose cron time passed since the last check (once, across beats)."""
@@ -231,6 +246,16 @@ class Beat:
                 log.exception("beat tick failed; retrying")
                 pause = 1.0
             time.sleep(pause)
+
+
+def default_beat_name() -> str:
+    """`beat@<hostname>`: a container's healthcheck runs on its beat's host, so it finds its row."""
+    return f"beat@{socket.gethostname()}"
+
+
+def heartbeat_limit(settings: Settings) -> float:
+    """How old the last tick may be before `exo-celery beat --check` fails: a few sweep intervals."""
+    return max(3 * settings.sweep_interval, 10.0)
 
 
 class ExoScheduler(Scheduler):

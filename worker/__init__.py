@@ -1,1 +1,1 @@
-"""Entry point: `celery -A worker.app worker -Q exo.<namespace>` (see README.md here)."""
+"""Deployment folder: `celery -A exo_celery.worker_app worker` (see README.md here); `worker.app` re-exports it."""

@@ -7,7 +7,6 @@ line on stderr and exit non-zero, without a traceback.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -23,8 +22,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ConfigError, ExoError
-from ..node import is_node_class
+from ..errors import ExoError
+from ..loading import load_nodes, split_specs
 from .output import (
     console,
     duration,
@@ -69,8 +68,23 @@ class Globals:
     as_json: bool = False
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from .. import __version__
+
+        sys.stdout.write(f"exo-celery {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(ctx: typer.Context, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
+def _root(
+    ctx: typer.Context,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
     ctx.obj = Globals(namespace, as_json)
 
 
@@ -101,26 +115,6 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
 
 
 # -- processes ----------------------------------------------------------------
-def load_nodes(spec: str) -> list[type]:
-    """Node classes from 'module' (every node class in it) or 'module:attr' (a class or a list of them)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import node module {module_name!r}: {exc}") from exc
-    if attr:
-        if not hasattr(module, attr):
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
-        found = getattr(module, attr)
-        items = list(found) if isinstance(found, (list, tuple)) else [found]
-    else:
-        items = [v for v in vars(module).values() if is_node_class(v) and v.__module__ == module.__name__]
-    nodes = [n for n in items if is_node_class(n)]
-    if not nodes:
-        raise ConfigError(f"no node classes found in {spec!r}")
-    return nodes
-
-
 @app.command()
 def worker(
     ctx: typer.Context,
@@ -140,7 +134,7 @@ def worker(
     from ..runtime import Runtime
 
     sys.path.insert(0, os.getcwd())
-    classes = [cls for spec in nodes for item in spec.split(",") if item.strip() for cls in load_nodes(item.strip())]
+    classes = [cls for spec in nodes for item in split_specs(spec) for cls in load_nodes(item)]
     runtime = Runtime(
         _namespace(ctx, namespace), name, classes, concurrency=concurrency or None, pool=pool or None, loglevel=loglevel
     )
@@ -148,14 +142,63 @@ def worker(
 
 
 @app.command()
-def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
-    """Run the beat process: due states, recovery sweep, cron triggers, retention."""
+def beat(
+    ctx: typer.Context,
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    check: bool = typer.Option(False, "--check", help="do not run: exit 1 unless a beat ticked recently"),
+    name: str | None = typer.Option(None, "--name", help="heartbeat name (default: beat@<hostname>)"),
+    any_beat: bool = typer.Option(False, "--any", help="with --check: any beat's heartbeat will do"),
+    max_age: float | None = typer.Option(
+        None, "--max-age", min=0.1, help="with --check: seconds (default: 3 sweep intervals, at least 10)"
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Run the beat process: due states, recovery sweep, cron triggers, retention, heartbeat."""
     import logging
 
-    from ..beat import Beat
+    from ..beat import Beat, default_beat_name
 
+    if check:
+        _check_beat(None if any_beat else name or default_beat_name(), max_age, _json(ctx, as_json))
+        return
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
-    Beat().run_forever()
+    process = Beat()
+    process.name = name or process.name
+    process.run_forever()
+
+
+def _check_beat(name: str | None, max_age: float | None, as_json: bool) -> None:
+    """One line: how long ago the beat last ticked; exit 1 when never or too long ago."""
+    from ..beat import heartbeat_limit
+    from ..ledger.heartbeats import NoHeartbeatTable, last_beat
+    from ..settings import load_settings
+
+    settings = load_settings()
+    limit = max_age if max_age is not None else heartbeat_limit(settings)
+    who = f"beat {name!r}" if name else "any beat"
+    try:
+        found = last_beat(settings.ledger_url, name)
+    except NoHeartbeatTable:
+        found, problem = None, "the ledger has no heartbeat table (run `exo-celery db upgrade`, then start beat)"
+    else:
+        problem = f"no heartbeat of {who} in the ledger {safe_url(settings.ledger_url)} (is beat running?)"
+    result: dict[str, Any] = {"ok": False, "name": name, "limit": limit, "age": None}
+    if found is not None:
+        result.update(name=found.name, host=found.host, pid=found.pid, age=round(found.age, 3))
+        problem = f"beat {found.name!r} last ticked {found.age:.1f} s ago (limit {limit:g} s): it is stuck or stopped"
+        result["ok"] = found.age <= limit
+    if as_json:
+        print_json({**result, **({} if result["ok"] else {"error": problem})})
+        if not result["ok"]:
+            raise typer.Exit(1)
+        return
+    if not result["ok"]:
+        fail(problem)
+    assert found is not None
+    console.print(
+        f"beat {found.name!r} (pid {found.pid} on {found.host}) ticked {found.age:.1f} s ago (limit {limit:g} s)",
+        markup=False,
+    )
 
 
 @app.command()

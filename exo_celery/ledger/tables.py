@@ -151,6 +151,17 @@ class MetaRow(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=64)
     value: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: float
+class HeartbeatRow(SQLModel, table=True):
+    """The last tick of one beat process (by name), on the ledger's clock; `exo-celery beat --check` reads it."""
+
+    __tablename__ = "exo_heartbeats"
+
+    name: str = Field(primary_key=True, max_length=256)
+    host: str = Field(max_length=256)
+    pid: int
+    started_at: float
+    beat_at: float
+    sweep_interval: float
 
 
 graphs = GraphRow.__table__  # type: ignore[attr-defined]
@@ -162,4 +173,5 @@ store = StoreRow.__table__  # type: ignore[attr-defined]
 meta = MetaRow.__table__  # type: ignore[attr-defined]
 runtimes = RuntimeRow.__table__  # type: ignore[attr-defined]
 runtime_nodes = RuntimeNodeRow.__table__  # type: ignore[attr-defined]
+heartbeats = HeartbeatRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata
