@@ -31,8 +31,16 @@ def layers(template: dict[str, Any]) -> dict[str, int]:
     """Each node's layer: the longest path from a source (every edge kind counts)."""
     ids = [n["identifier"] for n in template.get("nodes", [])]
     incoming: dict[str, list[str]] = {i: [] for i in ids}
-    for source, target, _ in edges_of(template):
+    following: dict[str, list[str]] = {i: [] for i in ids}
+    for source, target, kind in edges_of(template):
         incoming[target].append(source)
+        if kind == "next":
+            following[source].append(target)
+    # A uniting node runs after the whole region it unites: draw it below every node of that region.
+    for source, target, kind in edges_of(template):
+        if kind == "unites":
+            after_target = _reachable(following, target)
+            incoming[target].extend(n for n in _reachable(following, source) if n not in after_target)
     layer: dict[str, int] = {}
 
     def depth(node: str, seen: frozenset[str]) -> int:
@@ -45,6 +53,17 @@ def layers(template: dict[str, Any]) -> dict[str, int]:
     for node in ids:
         depth(node, frozenset())
     return layer
+
+
+def _reachable(following: dict[str, list[str]], start: str) -> set[str]:
+    """Nodes reachable from `start` by `next_nodes` edges, `start` included."""
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in following[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 def status_class(counts: dict[str, int]) -> str:

@@ -54,8 +54,10 @@ def _ns(request: Request, namespace: str) -> str:
     return namespace
 
 
-def _page(request: Request, title: str, body: str, crumbs: list[tuple[str, str]] | None = None) -> HTMLResponse:
-    token = request.cookies.get(CSRF_COOKIE) or new_csrf_token()
+def _page(
+    request: Request, title: str, body: str, crumbs: list[tuple[str, str]] | None = None, token: str = ""
+) -> HTMLResponse:
+    token = token or request.cookies.get(CSRF_COOKIE) or new_csrf_token()
     user = '<a href="/logout">log out</a>' if _ctx(request).ring.enabled else "auth off (loopback only)"
     response = HTMLResponse(p.layout(title, body, token, [("namespaces", "/"), *(crumbs or [])], user))
     if request.cookies.get(CSRF_COOKIE) != token:
@@ -68,14 +70,15 @@ def _page(request: Request, title: str, body: str, crumbs: list[tuple[str, str]]
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, failed: int = 0) -> HTMLResponse:
     note = '<p class="err">That key was not accepted.</p>' if failed else ""
+    token = request.cookies.get(CSRF_COOKIE) or new_csrf_token()
     body = (
         f"{note}<form method=post action=/login class=login><label>API key "
         "<input type=password name=key autocomplete=current-password required></label>"
-        f'<input type=hidden name=csrf value="{e(request.cookies.get(CSRF_COOKIE, ""))}">'
+        f'<input type=hidden name=csrf value="{e(token)}">'
         "<button>Log in</button></form><p>The key is one of <code>EXO_API_KEY</code>'s; the browser keeps only "
         "its SHA-256 digest in an HttpOnly cookie.</p>"
     )
-    return _page(request, "Log in", body)
+    return _page(request, "Log in", body, token=token)
 
 
 @router.post("/login")
@@ -256,15 +259,9 @@ def run_page(request: Request, namespace: str, run_id: str) -> HTMLResponse:
     ctx = _ctx(request)
     run = ctx.run_in(ns, run_id)
     live = _run_parts(ctx, ns, run_id)
-    cancel = (
-        f'<button class="act danger" data-action="cancel" data-url="/v0/namespace/{q(ns)}/run/{e(run_id)}/cancel">'
-        "Cancel run</button>"
-        if run["status"] in p.ACTIVE_RUNS
-        else ""
-    )
     body = (
         f'<p>graph <a href="/ui/{q(ns)}/graph/{q(run["graph_name"])}">{e(run["graph_name"])}</a> '
-        f"v{e(run['graph_version'])} · run <code>{e(run_id)}</code> {cancel}</p>"
+        f"v{e(run['graph_version'])} · run <code>{e(run_id)}</code></p>"
         + p.node_legend()
         + f'<div id="live" data-src="/ui/{q(ns)}/run/{e(run_id)}/live">{live}</div>'
         '<p id="action-result" class="result"></p>'

@@ -176,9 +176,15 @@ def run_live(
         ]
         for s in problems
     ]
+    cancel = (
+        f'<button class="act danger" data-action="cancel" data-url="/v0/namespace/{q(ns)}/run/{e(run["id"])}/cancel">'
+        "Cancel run</button>"
+        if active
+        else ""
+    )
     return (
         f'<div id="live-state" data-active="{1 if active else 0}">'
-        f'<p class="summary">{badge(run["status"])} started {e(when(run["started_at"]))}, '
+        f'<p class="summary">{cancel} {badge(run["status"])} started {e(when(run["started_at"]))}, '
         f"{'running for' if active else 'took'} {e(took(run['started_at'] or run['created_at'], run['finished_at']))}"
         f" · {totals}</p>"
         f'<div class="dagbox">{svg}</div>'
