@@ -202,6 +202,17 @@ def _check_beat(name: str | None, max_age: float | None, as_json: bool) -> None:
 
 
 @app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address (beyond loopback only with EXO_API_KEY)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="port (0: any free port, printed)"),
+) -> None:
+    """Serve the HTTP API (Exosphere's v0 routes), the dashboard at / and /metrics."""
+    from ..server import serve as run_server
+
+    run_server(host, port)
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     timeout: float = typer.Option(120.0, help="seconds to wait for the run"),

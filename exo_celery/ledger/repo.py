@@ -45,6 +45,7 @@ def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) ->
         "lease_token": None,
         "lease_until": None,
         "dispatched_at": now,
+        "started_at": None,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,

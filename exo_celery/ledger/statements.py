@@ -43,6 +43,7 @@ def _claim(with_namespace: bool) -> Any:
             lease_token=bindparam("p_token"),
             lease_until=bindparam("p_lease_until"),
             attempts=states.c.attempts + 1,
+            started_at=bindparam("p_now"),
             updated_at=bindparam("p_now"),
         )
         .returning(*states.c)

@@ -114,6 +114,7 @@ class StateRow(SQLModel, table=True):
     lease_token: str | None = Field(default=None, max_length=32)
     lease_until: float | None = None
     dispatched_at: float | None = None
+    started_at: float | None = None  # when the current attempt was claimed
     attempts: int = 0
     created_at: float
     updated_at: float
