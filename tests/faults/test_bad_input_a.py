@@ -26,7 +26,7 @@ from exo_celery import (
     Runtime,
     TriggerError,
 )
-from exo_celery.engine import InputRules, PlanError, make_resolver, render_inputs
+from exo_celery.engine import PlanError, make_resolver, render_inputs
 from exo_celery.ledger.repo import Repo
 
 from ..support import ROOT, Proc, Stack, run, uid
@@ -97,6 +97,8 @@ def test_a_trigger_whose_root_inputs_are_over_the_cap_is_refused(served: Served)
 
 
 def test_render_inputs_stops_before_building_an_oversized_value() -> None:
+    from exo_celery.engine import InputRules
+
     calls = []
 
     def resolve(ref: Any) -> str:

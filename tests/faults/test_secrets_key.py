@@ -13,7 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from exo_celery import ConfigError, GraphNodeModel
-from exo_celery.crypto import encrypt_secrets, key_fingerprint
+from exo_celery.crypto import encrypt_secrets
 from exo_celery.ledger.repo import Repo
 
 from ..support import SECRETS_KEY, Stack, run, uid
@@ -28,6 +28,8 @@ def test_processes_with_another_key_refuse_to_start(fstack: Stack) -> None:
     ns = uid("key")
     register(fstack, ns)
     run(fstack.manager(ns).upsert_graph("g", LEAK, secrets={"api_key": SECRET}))
+    from exo_celery.crypto import key_fingerprint
+
     ledger = Ledger(fstack.database_url or "")
     stored = ledger.rows("SELECT key, value FROM exo_meta")
     assert stored == [("secrets_key_fingerprint", key_fingerprint(SECRETS_KEY.encode()))]
