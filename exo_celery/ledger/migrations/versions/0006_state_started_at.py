@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_state_started_at"
-down_revision = "0002"
+down_revision = "0004_runtimes"
 branch_labels = None
 depends_on = None
 

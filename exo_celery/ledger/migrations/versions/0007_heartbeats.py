@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_heartbeats"
-down_revision = "0002"
+down_revision = "0006_state_started_at"
 branch_labels = None
 depends_on = None
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_secrets_key_fingerprint"
-down_revision = "0004_runtimes"
+down_revision = "0007_heartbeats"
 branch_labels = None
 depends_on = None
 
