@@ -53,7 +53,7 @@ def likely_lost(waiting: int, queued: int, in_flight: int) -> int:
 
 def queue_of(settings: Settings, namespace: str, node_name: str) -> str:
     """The queue a node's messages go to (one place, so a per-node routing changes only this)."""
-    return queue_name(settings, namespace)
+    return queue_name(settings, namespace, node_name)
 
 
 def broker_load(app: Celery, queues: list[str], recent: float) -> dict[str, tuple[int, int]] | None:
