@@ -6,9 +6,11 @@ to `exo_celery`.
 
 from .client import StateManager
 from .errors import (
+    BrokerUnavailable,
     ConfigError,
     ExoError,
     GraphValidationError,
+    LedgerUnavailable,
     NotFoundError,
     OutputError,
     StateError,
@@ -56,6 +58,8 @@ __all__ = [
     "TriggerError",
     "StateError",
     "OutputError",
+    "LedgerUnavailable",
+    "BrokerUnavailable",
 ]
 
 def _version() -> str:

@@ -9,8 +9,6 @@ from contextlib import nullcontext
 
 from celery import Celery
 from kombu import Exchange, Queue
-from kombu.exceptions import BatchPublishError
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .ledger.transitions import Dispatch
 from .settings import Settings
@@ -101,34 +99,48 @@ def describe(d: Dispatch) -> str:
     return f"(graph={d.graph_name!r}, identifier={d.identifier!r}, run_id={d.run_id!r}, state_id={d.state_id!r})"
 
 
+PUBLISH_ATTEMPTS = 5  # about 4 s of retries in all (0.25 + 0.5 + 1 + 2)
+
+
 def publish(app: Celery, settings: Settings, dispatches: Iterable[Dispatch]) -> int:
     """Send one message per state (after the ledger commit); delays become Celery countdowns.
 
     Several messages go out in batches (one Redis pipeline per 1,000 on Redis; other transports send
-    each at once). A batch that fails may have been delivered in part: nothing of it is counted as
-    sent, the states stay QUEUED in the ledger and beat's sweep re-sends what never arrived.
+    each at once). A batch that fails may have been delivered in part, so it is sent again whole, a
+    few times over about 4 s (a duplicate is harmless: the claim is a compare-and-set). Only if the
+    broker stays unusable are the states left QUEUED for beat's sweep (issue 13, item 16: without a
+    beat, one failed pipeline left a run RUNNING for ever). Publishing never fails a committed
+    transition: it returns how many messages were sent (0 or all).
     """
     items = list(dispatches)
     if not items:
         return 0
+    for attempt in range(PUBLISH_ATTEMPTS):
+        try:
+            _send(app, settings, items)
+            return len(items)
+        except Exception as exc:  # kombu's, redis-py's or amqp's errors alike: the ledger is already committed
+            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            if attempt == PUBLISH_ATTEMPTS - 1:
+                log.warning("broker unusable (%s): %d state(s) left for beat to re-send", cause, len(items))
+                return 0
+            log.warning("publishing %d state(s) failed (%s); sending them again", len(items), cause)
+            time.sleep(0.25 * 2**attempt)
+    return 0
+
+
+def _send(app: Celery, settings: Settings, items: list[Dispatch]) -> None:
     now = time.time()
-    sent = 0
-    try:
-        with app.producer_or_acquire() as producer, producer.batch() if len(items) > 1 else nullcontext():
-            for d in items:
-                countdown = d.due_at - now
-                app.send_task(
-                    task_name(settings, d.namespace, d.node_name),
-                    args=[d.state_id, d.run_id],
-                    queue=queue_name(settings, d.namespace, d.node_name),
-                    countdown=countdown if countdown > 0.001 else None,
-                    argsrepr=describe(d),
-                    kwargsrepr="{}",
-                    producer=producer,
-                    add_to_parent=False,
-                )
-        sent = len(items)
-    except (KombuOperationalError, BatchPublishError, OSError) as exc:
-        # The ledger already holds these states as QUEUED: beat's sweep re-sends them.
-        log.warning("broker unreachable (%s): %d state(s) left for beat to re-send", exc, len(items) - sent)
-    return sent
+    with app.producer_or_acquire() as producer, producer.batch() if len(items) > 1 else nullcontext():
+        for d in items:
+            countdown = d.due_at - now
+            app.send_task(
+                task_name(settings, d.namespace, d.node_name),
+                args=[d.state_id, d.run_id],
+                queue=queue_name(settings, d.namespace, d.node_name),
+                countdown=countdown if countdown > 0.001 else None,
+                argsrepr=describe(d),
+                kwargsrepr="{}",
+                producer=producer,
+                add_to_parent=False,
+            )

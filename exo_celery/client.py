@@ -7,17 +7,19 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import Any
+from functools import cached_property, wraps
+from typing import Any, TypeVar
 
 from celery import Celery
 
 from .celery_app import make_app, publish
 from .crypto import decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
-from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
+from .errors import BrokerUnavailable, ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
+from .ledger.db import translate_errors
 from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, subscribe
 from .ledger.repo import NewRun, Repo
@@ -64,6 +66,37 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+MAX_IDEMPOTENCY_KEY = 300
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_password(url: str) -> str:
+    """A URL with its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+_Cls = TypeVar("_Cls", bound=type)
+
+
+def _ledger_errors(cls: _Cls) -> _Cls:
+    """Every `*_sync` method (the async ones call them) raises LedgerUnavailable or ConfigError, naming the
+    ledger in one line, instead of SQLAlchemy's OperationalError while the database is down or misnamed."""
+
+    def translating(method: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with translate_errors(self.settings.ledger_url):
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name, value in list(vars(cls).items()):
+        if name.endswith("_sync") and callable(value):
+            setattr(cls, name, translating(value))
+    return cls
+
+
+@_ledger_errors
 class StateManager:
     """Client for one namespace. Every public method is `async`, like exospherehost's.
 
@@ -94,6 +127,7 @@ class StateManager:
         self.settings = settings or load_settings(database_url=database_url, broker_url=broker_url)
         self.validation_timeout = validation_timeout
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
+        self._broker_checked = False
         self.repo = Repo(self.settings.ledger_url)
         self.transitions = Transitions(
             self.settings.ledger_url,
@@ -281,13 +315,18 @@ class StateManager:
         inputs: dict[str, str] | None = None,
         store: dict[str, str] | None = None,
         start_delay: int = 0,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Start a run; `start_delay` in ms. Returns {"status": "CREATED", "run_id": ...} and ours.
 
         Inputs the root node does not take are dropped, as Exosphere's state manager does;
-        a warning names them and so does the response's `dropped_inputs`.
+        a warning names them and so does the response's `dropped_inputs`. With `idempotency_key`,
+        a trigger that repeats a key of this namespace returns the run the first one made
+        (`"existing": True`) instead of starting another, as Hatchet and Temporal do.
         """
-        return await asyncio.to_thread(self.trigger_sync, graph_name, inputs, store, start_delay)
+        return await asyncio.to_thread(
+            self.trigger_sync, graph_name, inputs, store, start_delay, idempotency_key=idempotency_key
+        )
 
     def trigger_sync(
         self,
@@ -296,9 +335,17 @@ class StateManager:
         store: dict[str, str] | None = None,
         start_delay: int = 0,
         cron_key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Blocking form of `trigger`; `cron_key` makes a cron firing happen once."""
         problems: list[str] = []
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            or "\x00" in idempotency_key
+            or _SURROGATE.search(idempotency_key)
+        ):
+            problems.append(f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters without NUL")
         for kind, given in (("inputs", inputs), ("store", store)):
             if given is not None and not isinstance(given, dict):
                 problems.append(f"{kind} must be a dict of strings, got {type(given).__name__}")
@@ -340,7 +387,11 @@ class StateManager:
             # A secret value given as a store value is stored as *** (as the root's rendered inputs are).
             return NewRun(run_id, root, redact(full_store, graph.hidden) if graph.hidden else full_store, due_at)
 
-        run = self.repo.create_run(self.namespace, graph_name, prepare, cron_key)
+        if idempotency_key is not None and (existing := self._existing_run(graph_name, idempotency_key)):
+            return existing
+        if cron_key is None:  # beat's cron firings are written anyway: its sweep sends them once the broker is back
+            self._check_broker()
+        run = self.repo.create_run(self.namespace, graph_name, prepare, cron_key, idempotency_key)
         extra = {"graph_name": graph_name, "namespace": self.namespace, "dropped_inputs": list(dropped)}
         if dropped:
             log.warning(
@@ -349,13 +400,68 @@ class StateManager:
                 ", ".join(repr(k) for k in dropped),
             )
         if run is None:
+            if idempotency_key is not None and (existing := self._existing_run(graph_name, idempotency_key)):
+                return existing  # another trigger with the same key got there first
             return {"status": "DUPLICATE", "run_id": None, **extra}
         root, run_id = run.root, run.run_id
         if root.status == StateStatus.QUEUED:
             self._publish(
                 [Dispatch(root.id, run_id, root.namespace, root.node_name, graph_name, root.identifier, run.due_at)]
             )
-        return {"status": "CREATED", "run_id": run_id, **extra}
+        created = {"status": "CREATED", "run_id": run_id, **extra}
+        return created if idempotency_key is None else {**created, "existing": False}
+
+    def _existing_run(self, graph_name: str, idempotency_key: str) -> dict[str, Any] | None:
+        """The run an earlier trigger with this key made (its root re-sent if it never arrived), or None."""
+        row = self.repo.run_by_key(self.namespace, idempotency_key)
+        if row is None:
+            return None
+        if row["graph_name"] != graph_name:
+            raise TriggerError(
+                f"cannot trigger graph {graph_name!r}: idempotency key {idempotency_key[:80]!r} was used by "
+                f"run {row['id']} of graph {row['graph_name']!r}"
+            )
+        root = self.repo.waiting_state(row["id"], self._load_graph(graph_name, row["graph_version"]).topology.root)
+        if root is not None and (root["dispatched_at"] or 0) < time.time() - self.settings.lease_seconds:
+            # Its first publish may have failed: a repeated trigger sends it again (a duplicate is harmless).
+            self._publish(
+                [
+                    Dispatch(
+                        root["id"],
+                        root["run_id"],
+                        root["namespace"],
+                        root["node_name"],
+                        root["graph_name"],
+                        root["identifier"],
+                        root["due_at"],
+                    )
+                ]
+            )
+        return {
+            "status": "CREATED",
+            "run_id": row["id"],
+            "graph_name": graph_name,
+            "namespace": self.namespace,
+            "existing": True,
+        }
+
+    def _check_broker(self) -> None:
+        """Before the first run is written: a broker that cannot be used fails the trigger, writing nothing.
+
+        Checked once per StateManager; a broker lost later only delays the messages (beat re-sends them).
+        """
+        if self._broker_checked:
+            return
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=5)
+        except Exception as exc:
+            cause = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise BrokerUnavailable(
+                f"broker {_without_password(self.settings.broker)} cannot be used ({type(exc).__name__}: {cause}); "
+                "no run was written"
+            ) from None
+        self._broker_checked = True
 
     def _root_inputs(self, graph: CompiledGraph) -> set[str]:
         """The inputs the root node takes: its template's, and its registered schema's when known."""

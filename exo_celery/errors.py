@@ -6,7 +6,9 @@
     ├── NotFoundError         a graph, run or state does not exist
     ├── TriggerError          a trigger call was refused (store keys, inputs)
     ├── StateError            a request does not fit a state's or run's status
-    └── OutputError           a node returned something that is not its Outputs
+    ├── OutputError           a node returned something that is not its Outputs
+    ├── LedgerUnavailable     the ledger database cannot be reached, or has no exo_celery schema
+    └── BrokerUnavailable     the broker cannot be reached or used (a trigger then writes nothing)
 
 Signals (`PruneSignal`, `ReQueueAfterSignal`) are control flow, not errors.
 """
@@ -46,3 +48,11 @@ class StateError(ExoError):
 
 class OutputError(ExoError):
     """Raised inside a worker when a node's return value is not its `Outputs` (or is too large)."""
+
+
+class LedgerUnavailable(ExoError):
+    """Raised when the ledger cannot be reached or used, or (for reads) has no schema; names it, never a password."""
+
+
+class BrokerUnavailable(ExoError):
+    """Raised by `trigger` when the broker cannot be reached or used; nothing was written."""

@@ -323,6 +323,9 @@ def trigger(
     start_delay: int = typer.Option(0, "--start-delay", min=0, help="milliseconds before the root state runs"),
     wait: bool = typer.Option(False, "--wait", "-w", help="wait for the run to end, with a progress bar"),
     timeout: float | None = typer.Option(None, "--timeout", help="with --wait: give up after this many seconds"),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="a key of yours: triggering again with it returns the same run"
+    ),
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -330,15 +333,15 @@ def trigger(
     as_json = _json(ctx, as_json)
     given_inputs, given_store = _pairs(inputs, "--input"), _pairs(store, "--store")
     manager = _manager(_namespace(ctx, namespace))
-    created = manager.trigger_sync(graph, given_inputs, given_store, start_delay)
+    created = manager.trigger_sync(graph, given_inputs, given_store, start_delay, idempotency_key=idempotency_key)
     if not wait:
         if as_json:
             print_json(created)
         else:
-            console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {status_text(created['status'])}")
+            console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {_created_text(created)}")
         return
     if not as_json:
-        console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {status_text(created['status'])}")
+        console.print(f"run {created['run_id']} of graph {escape(graph)!r}: {_created_text(created)}")
     try:
         finished = _wait_with_progress(manager, created["run_id"], timeout, show=not as_json)
     except TimeoutError as exc:
@@ -351,6 +354,13 @@ def trigger(
         console.print(f"run {finished['run_id']}: {status_text(finished['status'])} in {took} ({counts})")
     if finished["status"] != "SUCCESS":
         raise typer.Exit(1)
+
+
+def _created_text(created: dict[str, Any]) -> str:
+    """CREATED, or that an earlier trigger with the same idempotency key made the run."""
+    if created.get("existing"):
+        return f"{status_text(created['status'])} (already, by an earlier trigger with this idempotency key)"
+    return status_text(created["status"])
 
 
 def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | None, show: bool) -> dict[str, Any]:

@@ -1,16 +1,27 @@
-"""Engines: one per process and URL, the ledger migrated on first use, SQLite tuned for several processes."""
+"""Engines: one per process and URL, the ledger migrated on first write, SQLite tuned for several processes.
+
+Reads never migrate (issue 13, item 14): `get_engine(url, migrate=False)` opens an existing
+ledger only, and says which one has no schema instead of creating it. `translate_errors` turns
+driver errors into one-line `ExoError`s naming the ledger (host or path, never a password).
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
+
+from ..errors import ConfigError, LedgerUnavailable
 
 _engines: dict[tuple[int, str, bool, bool], Engine] = {}
+_ready: set[tuple[int, str]] = set()  # (pid, url) of ledgers this process migrated or found current
 _lock = threading.Lock()
 
 WORKER_APPLICATION_NAME = "exo_celery worker"  # what pg_stat_activity shows for a worker's connections
@@ -29,6 +40,37 @@ def size_worker_pools(executions: int) -> None:
     """
     global _executions
     _executions = max(1, executions)
+
+
+def ledger_name(url: str) -> str:
+    """Which ledger a URL names, for messages: a SQLite file's path, else the URL without its password."""
+    if url.startswith("sqlite"):
+        return url.split("///", 1)[-1] or ":memory:"
+    try:
+        return make_url(url).set(drivername=make_url(url).get_backend_name()).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's own words, on one line, without SQLAlchemy's background link."""
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split()) or type(orig).__name__
+    return text.replace("connection failed: ", "", 1)[:300]
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Raise LedgerUnavailable (database unreachable or failing) or ConfigError (an unusable URL) instead of
+    SQLAlchemy's and the driver's own errors, in one line that names the ledger."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise LedgerUnavailable(f"ledger {ledger_name(url)} is unavailable: {_cause(exc)}") from None
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"ledger URL {ledger_name(url)} cannot be used: {_cause(exc)}") from None
+    except ModuleNotFoundError as exc:  # a driver that is not installed
+        raise ConfigError(f"ledger URL {ledger_name(url)} needs a driver that is not installed: {exc}") from None
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -54,8 +96,11 @@ def is_postgres(url: str) -> bool:
     return url.startswith("postgresql")
 
 
-def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> Engine:
+def get_engine(url: str, *, worker: bool = False, autocommit: bool = False, migrate: bool = True) -> Engine:
     """The engine for `url` in this process (a forked worker child gets its own).
+
+    `migrate=False` is for reads: the ledger must exist at the current revision already (else
+    LedgerUnavailable says which ledger and why); nothing is created, not even a SQLite file.
 
     `worker=True` gives the engine for state transitions in workers and beat: on PostgreSQL it
     commits without waiting for the WAL flush (`synchronous_commit=off`) and skips the per-checkout
@@ -70,11 +115,14 @@ def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> E
     """
     autocommit = autocommit and not url.startswith("sqlite")
     key = (os.getpid(), url, worker, autocommit)
+    ready = (os.getpid(), url)
     engine = _engines.get(key)
-    if engine is not None:
+    if engine is not None and ready in _ready:
         return engine
     if autocommit:
-        get_engine(url, worker=worker)  # migrates the ledger first
+        get_engine(url, worker=worker, migrate=migrate)  # migrates (or checks) the ledger first
+    elif not migrate and engine is None:
+        _check_exists(url)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -84,22 +132,54 @@ def get_engine(url: str, *, worker: bool = False, autocommit: bool = False) -> E
                 # Its one user outside workers, `Repo.create_run`, retries a dropped connection itself.
                 engine = get_engine(url, worker=worker).execution_options(isolation_level="AUTOCOMMIT")
             else:
-                engine = _create(url, worker)
+                engine = _create(url, worker, make_folder=migrate)
             _engines[key] = engine
+        if ready not in _ready and not autocommit:
+            if migrate:
+                _create_tables(engine)
+            else:
+                _check_schema(engine, url)
+            _ready.add(ready)
     return engine
 
 
-def _create(url: str, worker: bool = False) -> Engine:
+def _check_exists(url: str) -> None:
+    """A read of a SQLite ledger that does not exist says so (connecting would create the file)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise LedgerUnavailable(
+                f"no ledger at {path}: the file does not exist, and reading does not create one "
+                "(start a worker or run `exo-celery db upgrade`, or set EXO_HOME / EXO_DATABASE_URL to the ledger)"
+            )
+
+
+def _check_schema(engine: Engine, url: str) -> None:
+    from .migrations import HEAD, current_revision, known_revisions
+
+    revision = current_revision(engine)
+    if revision is None:
+        raise LedgerUnavailable(
+            f"ledger {ledger_name(url)} has no exo_celery schema: nothing was created, since reading does not "
+            "migrate (start a worker or run `exo-celery db upgrade`, or point EXO_DATABASE_URL at the ledger)"
+        )
+    if revision != HEAD and revision in known_revisions():
+        raise LedgerUnavailable(
+            f"ledger {ledger_name(url)} is at schema revision {revision}, older than this exo_celery's {HEAD}: "
+            "run `exo-celery db upgrade` (or start a worker, which upgrades it)"
+        )
+
+
+def _create(url: str, worker: bool = False, make_folder: bool = True) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if make_folder and path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _tune_sqlite(engine)
     else:
         target, pgbouncer = pgbouncer_url(url)
         engine = create_engine(target, **_postgres_options(worker, pgbouncer))
-    _create_tables(engine)
     return engine
 
 
@@ -175,3 +255,5 @@ def forget_engines() -> None:
     """Drop this process's engines (after fork, or in tests)."""
     for key in [k for k in _engines if k[0] == os.getpid()]:
         _engines.pop(key).dispose()
+    for ready in [r for r in _ready if r[0] == os.getpid()]:
+        _ready.discard(ready)

@@ -63,7 +63,13 @@ class NewRun:
 
 
 def _run_row(
-    run: NewRun, namespace: str, graph_name: str, version: int, cron_key: str | None, now: float
+    run: NewRun,
+    namespace: str,
+    graph_name: str,
+    version: int,
+    cron_key: str | None,
+    now: float,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": run.run_id,
@@ -74,6 +80,7 @@ def _run_row(
         "outstanding": 1,
         "failed": 0,
         "cron_key": cron_key,
+        "idempotency_key": idempotency_key,
         "created_at": now,
         "started_at": None,
         "finished_at": None,
@@ -102,6 +109,11 @@ class Repo:
     @property
     def engine(self) -> Engine:
         return get_engine(self.url, worker=self.worker)
+
+    @property
+    def reader(self) -> Engine:
+        """The engine for reads: it never creates or migrates a ledger (LedgerUnavailable says why)."""
+        return get_engine(self.url, migrate=False)
 
     # -- nodes -----------------------------------------------------------
     def register_nodes(self, namespace: str, schemas: dict[str, dict[str, Any]], runtime_name: str) -> None:
@@ -168,7 +180,7 @@ class Repo:
 
     def latest_version(self, namespace: str, name: str) -> int | None:
         """The newest version number of a graph (cheap: no template), or None."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             version: int | None = conn.execute(LATEST_VERSION, {"p_namespace": namespace, "p_name": name}).scalar()
             return version
 
@@ -180,7 +192,7 @@ class Repo:
             if version is not None
             else q.order_by(graphs.c.version.desc()).limit(1)
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(q).mappings().first()
             return dict(row) if row else None
 
@@ -211,27 +223,32 @@ class Repo:
 
     # -- runs ------------------------------------------------------------
     def create_run(
-        self, namespace: str, graph_name: str, prepare: Callable[[int], NewRun], cron_key: str | None = None
+        self,
+        namespace: str,
+        graph_name: str,
+        prepare: Callable[[int], NewRun],
+        cron_key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> NewRun | None:
         """Insert a run of the newest version of a graph, with its store and its root state, in one transaction.
 
         `prepare(version)` builds the run (raising inserts nothing). Returns None when `cron_key` was
-        already used (another beat fired it).
+        already used (another beat fired it) or `idempotency_key` names a run of the namespace already.
         """
         if self.postgres:
-            return self._create_run_in_one_statement(namespace, graph_name, prepare, cron_key)
+            return self._create_run_in_one_statement(namespace, graph_name, prepare, cron_key, idempotency_key)
         with self.engine.connect() as conn:
             version = self._latest_version(conn, namespace, graph_name)
             conn.commit()  # `prepare` may read the ledger too, and SQLite allows one writer
             run = prepare(version)
             conn.begin()
             now = time.time()
-            run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
-            if cron_key is None:
+            run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
+            if cron_key is None and idempotency_key is None:
                 conn.execute(INSERT_RUN, run_row)
             else:
                 try:
-                    with conn.begin_nested():  # the unique cron key: losing the race is expected
+                    with conn.begin_nested():  # a unique cron or idempotency key: losing the race is expected
                         conn.execute(INSERT_RUN, run_row)
                 except IntegrityError:
                     conn.rollback()
@@ -245,7 +262,12 @@ class Repo:
         return run
 
     def _create_run_in_one_statement(
-        self, namespace: str, graph_name: str, prepare: Callable[[int], NewRun], cron_key: str | None
+        self,
+        namespace: str,
+        graph_name: str,
+        prepare: Callable[[int], NewRun],
+        cron_key: str | None,
+        idempotency_key: str | None = None,
     ) -> NewRun | None:
         """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names the version
         this repo saw last, and inserts nothing if a newer one was stored since (then it looks again)."""
@@ -258,7 +280,9 @@ class Repo:
                     with get_engine(self.url, autocommit=True).connect() as conn:
                         version = version or self._latest_version(conn, namespace, graph_name)
                         run = run or prepare(version)
-                        outcome = self._insert_run(conn, namespace, graph_name, version, run, cron_key, attempt > 0)
+                        outcome = self._insert_run(
+                            conn, namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key
+                        )
                     break
                 except DBAPIError as exc:
                     # That pool does not ping on checkout: a connection the server dropped fails once and
@@ -271,7 +295,7 @@ class Repo:
                 self._seen_versions[key] = version
                 return run
             if outcome == "duplicate":
-                return None  # the unique cron key: another beat fired it
+                return None  # a unique key: another beat fired it, or a trigger repeated its idempotency key
             self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
         raise RuntimeError(f"could not trigger graph {graph_name!r}: its version kept changing")
 
@@ -284,10 +308,11 @@ class Repo:
         run: NewRun,
         cron_key: str | None,
         retried: bool,
+        idempotency_key: str | None = None,
     ) -> str:
-        """ "inserted", "stale" (a newer version exists) or "duplicate" (the cron key was used)."""
+        """ "inserted", "stale" (a newer version exists) or "duplicate" (the cron or idempotency key was used)."""
         now = time.time()
-        run_row = _run_row(run, namespace, graph_name, version, cron_key, now)
+        run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
         params = {f"r_{k}": v for k, v in run_row.items()}
         params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})
         params.update(p_store=run.store_values, p_namespace=namespace, p_name=graph_name)
@@ -296,7 +321,7 @@ class Repo:
         except IntegrityError:
             if retried and conn.execute(select(runs.c.id).where(runs.c.id == run.run_id)).first() is not None:
                 return "inserted"
-            if cron_key is None:
+            if cron_key is None and idempotency_key is None:
                 raise
             return "duplicate"
 
@@ -307,8 +332,28 @@ class Repo:
             raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {namespace!r}")
         return version
 
+    def run_by_key(self, namespace: str, idempotency_key: str) -> dict[str, Any] | None:
+        """The run a trigger with this idempotency key made in `namespace`, if any."""
+        q = select(runs).where(runs.c.namespace == namespace, runs.c.idempotency_key == idempotency_key)
+        with self.reader.connect() as conn:
+            row = conn.execute(q).mappings().first()
+            return dict(row) if row else None
+
+    def waiting_state(self, run_id: str, identifier: str) -> dict[str, Any] | None:
+        """A QUEUED state of `identifier` in the run that no worker ever claimed (its message may be lost)."""
+        q = select(states).where(
+            states.c.run_id == run_id,
+            states.c.identifier == identifier,
+            states.c.status == StateStatus.QUEUED.value,
+            states.c.attempts == 0,
+            states.c.lease_until.is_(None),
+        )
+        with self.reader.connect() as conn:
+            row = conn.execute(q.limit(1)).mappings().first()
+            return dict(row) if row else None
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
             return dict(row) if row else None
 
@@ -330,7 +375,7 @@ class Repo:
         raise AssertionError("unreachable")
 
     def state_counts(self, run_id: str) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(states.c.status, func.count()).where(states.c.run_id == run_id).group_by(states.c.status)
             ).all()
@@ -341,21 +386,21 @@ class Repo:
         if graph_name is not None:
             q = q.where(runs.c.graph_name == graph_name)
         q = q.order_by(runs.c.created_at.desc()).limit(limit)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def list_states(self, run_id: str) -> list[dict[str, Any]]:
         q = select(states).where(states.c.run_id == run_id).order_by(states.c.created_at, states.c.branch)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def get_state(self, state_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
             return dict(row) if row else None
 
     def read_store(self, run_id: str) -> dict[str, str]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return dict(conn.execute(select(store.c.key, store.c.value).where(store.c.run_id == run_id)).all())
 
     # -- retention -------------------------------------------------------

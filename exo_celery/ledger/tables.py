@@ -64,7 +64,10 @@ class RunRow(SQLModel, table=True):
     """One run of a graph; `outstanding` counts its states that are not terminal."""
 
     __tablename__ = "exo_runs"
-    __table_args__ = (Index("ix_exo_runs_graph_created", "graph_name", "created_at"),)
+    __table_args__ = (
+        Index("ix_exo_runs_graph_created", "graph_name", "created_at"),
+        Index("ux_exo_runs_idempotency_key", "namespace", "idempotency_key", unique=True),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     namespace: str = Field(max_length=128)
@@ -74,6 +77,7 @@ class RunRow(SQLModel, table=True):
     outstanding: int = 0
     failed: int = 0
     cron_key: str | None = Field(default=None, max_length=300, unique=True)
+    idempotency_key: str | None = Field(default=None, max_length=300)  # unique per namespace (index above)
     created_at: float = Field(index=True)
     started_at: float | None = None
     finished_at: float | None = None
