@@ -25,6 +25,7 @@ from .ledger.notify import FALLBACK_POLL, subscribe
 from .ledger.repo import NewRun, Repo
 from .ledger.runtimes import Runtimes, waiting_reason
 from .ledger.transitions import Dispatch, Transitions
+from .mapping import as_text
 from .settings import Settings, load_settings
 from .status import TERMINAL_RUNS, RunStatus, StateStatus
 from .validate import name_problem, store_key_problem, text_problem, validate_template
@@ -59,6 +60,19 @@ def _value_problems(inputs: dict[Any, Any], store: dict[Any, Any]) -> list[str]:
             if not isinstance(value, str):
                 problems.append(f"{kind} {key!r} must be a string, got {type(value).__name__}")
     return problems
+
+
+def _secrets_in_template(nodes: list[Any], defaults: dict[str, str], secrets: dict[str, Any]) -> list[str]:
+    """Template inputs or store defaults holding a secret's value: the template is stored in clear."""
+    values = {name: value for name, value in secrets.items() if isinstance(value, str) and value}
+    found: list[str] = []
+    places = [(f"node {n.identifier!r}: input {k!r}", as_text(v)) for n in nodes for k, v in n.inputs.items()]
+    places += [(f"store_config.default_values: {k!r}", v) for k, v in defaults.items() if isinstance(v, str)]
+    for where, text in places:
+        for name, value in values.items():
+            if value in text:
+                found.append(f"{where} holds the value of secret {name!r} (read it from self.secrets in the node)")
+    return found
 
 
 def iso(ts: float | None) -> str | None:
@@ -223,6 +237,7 @@ class StateManager:
             str(graph_name), graph_nodes, retry_policy, store_config, triggers, errors=problems
         )
         nodes = [n if n.namespace else n.model_copy(update={"namespace": self.namespace}) for n in nodes]
+        problems += _secrets_in_template(nodes, store_cfg.default_values, secrets)
         timeout = self.validation_timeout if validation_timeout is None else validation_timeout
         deadline = time.monotonic() + timeout
         while True:

@@ -51,10 +51,16 @@ def escaped_forms(secret: str) -> frozenset[str]:
     return frozenset(f for f in forms if f)
 
 
+@lru_cache(maxsize=1024)
+def _needles(secret_values: tuple[str, ...]) -> tuple[str, ...]:
+    """Every spelling of these secrets, longest first (so a longer one is replaced before its parts)."""
+    found = {form for s in secret_values if s for form in escaped_forms(s)}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 def redact(value: Any, secret_values: Iterable[str]) -> Any:
     """`value` (text, or JSON-like data) with every secret value, plain or escaped, replaced by ***."""
-    found = {form for s in secret_values if s for form in escaped_forms(s)}
-    needles = sorted(found, key=len, reverse=True)
+    needles = _needles(tuple(secret_values))
     if not needles:
         return value
 

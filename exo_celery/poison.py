@@ -97,9 +97,9 @@ class RedisChannel(redis.Channel):
             log.warning("discarded a message that is not JSON (%s)", exc)
             raise Empty() from None
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super()._get(queue)
+            return super()._get(queue, *args, **kwargs)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             log.warning("discarded a message on %r that is not JSON (%s)", queue, exc)
             raise Empty() from None

@@ -231,3 +231,20 @@ def test_a_node_writing_a_lone_surrogate_to_the_store_errors_at_once(served: Ser
     assert len(rows) == 1 and rows[0][0] == "ERRORED", rows  # not retried: it would fail the same way
     assert "lone surrogate" in rows[0][1]
     assert served.ledger.value("SELECT count(*) FROM exo_store WHERE run_id = %s", (run_id,)) == 0
+
+
+# -- item 2, the template side: a secret typed into a template would be stored with it, in clear ----------
+def test_a_template_holding_a_secret_value_is_refused(served: Served) -> None:
+    m = served.stack.manager(served.ns)
+    secret = f"tok-{uid('s')}"
+    echo = {"node_name": "Echo", "identifier": "e", "inputs": {"text": f"Bearer {secret}"}}
+    for nodes, store_config in (
+        ([echo], None),
+        ([{**echo, "inputs": {"text": "x"}}], {"default_values": {"k": secret}}),
+    ):
+        _nothing_written(
+            served.ledger,
+            lambda n=nodes, c=store_config: m.upsert_graph_sync("g", n, {"api_key": secret}, store_config=c),  # type: ignore[misc]
+            GraphValidationError,
+            "holds the value of secret 'api_key'",
+        )

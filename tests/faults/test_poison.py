@@ -142,3 +142,42 @@ def test_embedded_worker_survives_malformed_message_files(tmp_path: Path) -> Non
         _serves_after(stack, ns, worker, len(payloads) - 2 + sent - 1)
     finally:
         stack.stop_all()
+
+
+def test_rabbitmq_worker_survives_undecodable_bodies_and_bad_calls(pg_rabbitmq_stack: Stack) -> None:
+    """On AMQP the envelope is the protocol's own; Celery rejects bodies it cannot decode, and the task drops
+    calls whose arguments are wrong. The shared RabbitMQ worker must keep serving after them."""
+    from kombu import Connection
+
+    from exo_celery.celery_app import queue_name, task_name
+
+    from ..conftest import SHARED_NAMESPACE
+    from ..support import RABBITMQ_URL
+
+    stack = pg_rabbitmq_stack
+    settings = stack.settings()
+    try:
+        queue = queue_name(settings, SHARED_NAMESPACE, "Echo")  # type: ignore[call-arg]  # per-node queues
+    except TypeError:
+        queue = queue_name(settings, SHARED_NAMESPACE)
+    task = task_name(settings, SHARED_NAMESPACE, "Echo")
+    with Connection(RABBITMQ_URL) as conn:
+        producer = conn.Producer()
+        for body, headers in ((b"not json", {}), (b"\xff\xfe", {}), (b"not json", {"task": task, "id": "x"})):
+            producer.publish(
+                body,
+                exchange="",
+                routing_key=queue,
+                headers=headers,
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
+    sent = _bad_calls(stack, queue, task)
+    m = stack.manager(SHARED_NAMESPACE)
+    name = uid("echo")
+    run(m.upsert_graph(name, [GraphNodeModel(node_name="Echo", identifier="e", inputs={"text": "x"})], secrets={}))
+    run_id = run(m.trigger(name))["run_id"]
+    assert run(m.wait(run_id, timeout=60))["status"] == "SUCCESS"
+    (worker,) = stack.procs
+    assert worker.popen.poll() is None, worker.text()[-3000:]
+    assert worker.text().count("discarded a message for") >= sent - 1
