@@ -25,6 +25,9 @@ DEFAULT_POOL = "threads"  # async nodes share one loop per process; sync nodes r
 class Runtime:
     """Serve `nodes` for `namespace`: `start()` registers them and consumes `<prefix>.<namespace>`.
 
+    `workers=N` (or `concurrency=N`; default 4) is N node executions at once, on Celery's `threads` pool by
+    default: one process, async nodes sharing its one event loop. `pool="prefork"` suits CPU-bound sync
+    nodes; gevent and eventlet are refused (docs/execution.md).
     `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker -Q exo.<ns>` works too.
     Exosphere-only arguments (`state_manager_uri`, `key`, ...) are accepted and ignored.
     """
