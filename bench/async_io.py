@@ -16,6 +16,7 @@ A fresh PostgreSQL database (dropped at the end) and Redis database 11 (the benc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -24,12 +25,23 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from exo_celery import GraphNodeModel
 from exo_celery.ledger.db import WORKER_APPLICATION_NAME
 
-from .harness import POSTGRES_ADMIN_URL, REDIS_URL, Bench, Ledger, Proc, RunLock, create_database, drop_database
+from .harness import (
+    POSTGRES_ADMIN_URL,
+    REDIS_URL,
+    Bench,
+    Ledger,
+    Proc,
+    RunLock,
+    create_database,
+    drop_database,
+    flush_redis,
+)
 
 NODES = "bench.io_nodes:NODES"
 
@@ -85,6 +97,18 @@ class Sampler:
                 self._stop.wait(0.1)
 
 
+def tree_cpu(proc: Proc) -> float:
+    """User + system CPU seconds of a process tree so far."""
+    total = 0.0
+    for pid in proc.pids():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def start_runtime(bench: Bench, workers: int) -> Proc:
     name = f"io{workers}x{uuid.uuid4().hex[:4]}"
     argv = [sys.executable, "-m", "exo_celery.cli", "worker", "--namespace", bench.namespace, "--nodes", NODES]
@@ -104,9 +128,11 @@ def exo_case(bench: Bench, ledger: Ledger, workers: int, count: int, seconds: fl
     assert bench.database_url
     with Sampler(proc, bench.database_url.rsplit("/", 1)[1]) as sampler:
         idle_rss = proc.rss()
+        cpu0 = tree_cpu(proc)
         t0 = time.time()
         run_id = manager.trigger_sync(name)["run_id"]
         status, _created, _started, finished = ledger.wait_run(run_id, timeout=600, interval=0.05)
+        cpu = tree_cpu(proc) - cpu0
     bench.stop(proc)
     if status != "SUCCESS":
         raise RuntimeError(f"run {run_id} ended {status}; log {proc.log}")
@@ -116,6 +142,7 @@ def exo_case(bench: Bench, ledger: Ledger, workers: int, count: int, seconds: fl
         "peak_rss": max(sampler.rss) / 2**20,
         "peak_connections": float(max(sampler.connections)),
         "processes": float(max(sampler.processes)),
+        "cpu_ms_per_state": 1000 * cpu / (count + 1),
     }
 
 
@@ -130,12 +157,15 @@ def plain_case(bench: Bench, count: int, seconds: float, concurrency: int) -> di
     proc.wait_for(" ready.")
     from .io_plain import root
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=30)
     key = f"bench:io:{uuid.uuid4().hex[:8]}"
     with Sampler(proc) as sampler:
         t0 = time.time()
         root.apply_async((key, count, seconds))
-        item = client.blpop([key], timeout=600)
+        deadline, item = time.monotonic() + 600, None
+        while item is None and time.monotonic() < deadline:
+            item = client.blpop([key], timeout=2)
+            proc.check()
     bench.stop(proc)
     if item is None:
         raise RuntimeError(f"plain gevent run did not finish; log {proc.log}")
@@ -150,20 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     count, small = (200, 40) if args.quick else (1000, 100)
     lock = RunLock()
+    load = os.getloadavg()
+    flush_redis()  # our Redis database only (the lock is ours): no task of an interrupted run is left
     root = Path(tempfile.mkdtemp(prefix="exo-bench-io-"))
     database_url = create_database()
     bench = Bench(root / "pg", database_url, REDIS_URL, args.loglevel, namespace="benchio")
     ledger = Ledger(database_url, bench.home)
     results: dict[str, dict[str, float]] = {}
+
+    def note(key: str, value: dict[str, float]) -> None:
+        results[key] = value
+        log(f"{key}: {', '.join(f'{k}={v:.2f}' for k, v in value.items())}")
+
     try:
         log(f"{count} async nodes x {args.seconds} s at workers=100")
-        results["w100"] = exo_case(bench, ledger, 100, count, args.seconds)
+        note("w100", exo_case(bench, ledger, 100, count, args.seconds))
         log(f"{small} nodes at workers=4 (scaled to {count})")
-        results["w4"] = exo_case(bench, ledger, 4, small, args.seconds)
+        note("w4", exo_case(bench, ledger, 4, small, args.seconds))
         log("20 nodes at workers=2 (RSS baseline)")
-        results["w2"] = exo_case(bench, ledger, 2, 20, args.seconds)
+        note("w2", exo_case(bench, ledger, 2, 20, args.seconds))
         log(f"plain Celery, gevent -c 100, {count} sync sleeping tasks")
-        results["gevent"] = plain_case(bench, count, args.seconds, 100)
+        note("gevent", plain_case(bench, count, args.seconds, 100))
     finally:
         bench.stop_all()
         ledger.conn.close()
@@ -171,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
     w100, w4, w2, gevent = results["w100"], results["w4"], results["w2"], results["gevent"]
     ideal = count * args.seconds / 100
+    after = os.getloadavg()
     print(f"\nasync I/O: a root fanning out to {count} async nodes, each awaiting {args.seconds:g} s")
+    print(f"  load average (1 min) at start {load[0]:.1f}, at end {after[0]:.1f}, on {os.cpu_count()} CPUs")
     print(
         f"  exo_celery workers=100 (threads, one process): {w100['wall']:.1f} s   (ideal {ideal:.0f} s, target <= 15 s)"
     )

@@ -33,6 +33,9 @@ DEFAULT_POOL = "threads"  # async nodes share one loop per process; sync nodes r
 class Runtime:
     """Serve `nodes` for `namespace`: `start()` registers them and consumes their queues `<prefix>.<namespace>.<Node>`.
 
+    `workers=N` (or `concurrency=N`; default 4) is N node executions at once, on Celery's `threads` pool by
+    default: one process, async nodes sharing its one event loop. `pool="prefork"` suits CPU-bound sync
+    nodes; gevent and eventlet are refused (docs/execution.md).
     `runtime.app` is a plain Celery app, so `celery -A module:runtime.app worker` works too (its queues
     are the nodes' queues; `-Q exo.<ns>.<Node>,...` picks some of them).
     The positional arguments are the SDK's; `state_manager_uri`, `key`, `batch_size`,
