@@ -1,1 +1,1 @@
-"""Entry point: `celery -A worker.app worker -Q exo.<namespace>` (see README.md here)."""
+"""Entry point: `celery -A worker.app worker [-Q exo.<namespace>.<NodeName>,...]` (see README.md here)."""
