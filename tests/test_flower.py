@@ -147,7 +147,7 @@ def test_flower_shows_each_state_by_node_name_with_ids_and_no_values(pg_stack: S
             f"(graph={name!r}, identifier={state['identifier']!r}, run_id={run_id!r}, state_id={sid!r})"
         )
         assert task["kwargs"] == "{}"
-        assert task["routing_key"] in (None, f"{prefix}.{NS}")
+        assert task["routing_key"] in (None, f"{prefix}.{NS}.{state['node_name']}")
 
     # No input, output, error text or secret anywhere in what Flower holds for any task.
     assert marker not in text and marker.upper() not in text
