@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL of the ledger")
     broker_url: str | None = Field(None, description="Celery broker URL")
     secrets_key: SecretStr | None = Field(None, description="Fernet key encrypting graph secrets")
-    queue_prefix: str = Field("exo", description="queues are named <prefix>.<namespace>")
+    queue_prefix: str = Field("exo", description="queues are named <prefix>.<namespace>.<NodeName>")
     max_countdown: float = Field(300.0, gt=0, description="longer delays wait in the ledger (s)")
     lease_seconds: float = Field(30.0, gt=0, description="a dead worker's state is re-sent after this (s)")
     sweep_interval: float = Field(5.0, gt=0, description="beat's sweep period (s)")

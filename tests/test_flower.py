@@ -137,7 +137,7 @@ def test_flower_shows_each_state_by_node_name_with_ids_and_no_values(pg_stack: S
             f"(graph={name!r}, identifier={state['identifier']!r}, run_id={run_id!r}, state_id={sid!r})"
         )
         assert task["kwargs"] == "{}"
-        assert task["routing_key"] in (None, f"{prefix}.{NS}")
+        assert task["routing_key"] in (None, f"{prefix}.{NS}.{state['node_name']}")
 
     # Flower tells the truth: `fail`'s first attempt is RETRY (its retry was created), the retry FAILURE,
     # both with the redacted error; the others SUCCESS with the state's status as the result.

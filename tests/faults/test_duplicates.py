@@ -21,6 +21,7 @@ from exo_celery.celery_app import make_app, publish
 from exo_celery.ledger.transitions import Dispatch
 
 from ..support import RABBITMQ_URL, Proc, Stack, check_rabbitmq, require, run, uid
+from . import nodes as fault_nodes
 from .harness import (
     FAST,
     Figures,
@@ -88,7 +89,7 @@ def test_every_message_published_three_times(fstack: Stack, private_redis: Priva
     publish(app, settings, late)
     queue = f"{settings.queue_prefix}.{ns}"
     for d in late:
-        app.send_task(f"{queue}.{d.node_name}", args=[d.state_id, d.run_id], queue=queue)
+        app.send_task(f"{queue}.{d.node_name}", args=[d.state_id, d.run_id], queue=f"{queue}.{d.node_name}")
     executed = 1 + width + 1  # fan, the work states, gather
     sent = executed + 2 * len(duplicated) + 2 * len(late)  # originals, live duplicates, late ones (no beat here)
     wait_until(lambda: deliveries(workers)[0] >= sent, 30, "every duplicate delivered")
@@ -223,7 +224,7 @@ class RabbitTap:
             Queue(f"{name}.tap", Exchange(name, type="direct"), routing_key=name, auto_delete=False),
             Queue(f"{name}.evtap", Exchange("celeryev", type="topic"), routing_key="#", auto_delete=False),
         ]
-        self.names = [name]
+        self.names = [f"{name}.{node.__name__}" for node in fault_nodes.NODES]  # one queue per node
         for q in self.queues:
             q(self.conn.default_channel).declare()
 
