@@ -58,6 +58,7 @@ __all__ = [
     "OutputError",
 ]
 
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
