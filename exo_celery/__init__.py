@@ -62,6 +62,7 @@ __all__ = [
     "BrokerUnavailable",
 ]
 
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

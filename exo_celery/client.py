@@ -270,7 +270,16 @@ class StateManager:
         key = self.settings.fernet_key()
         check_secrets_key(self.settings.ledger_url, key)  # workers must be able to decrypt what is stored
         cipher = encrypt_secrets(secrets, key)
-        version = self.repo.save_graph(self.namespace, graph_name, template.model_dump(mode="json"), cipher)
+
+        def same_secrets(stored: str) -> bool:  # an identical upsert adds no version
+            try:
+                return decrypt_secrets(stored, key) == secrets
+            except Exception:  # stored under another key: not the same
+                return False
+
+        version = self.repo.save_graph(
+            self.namespace, graph_name, template.model_dump(mode="json"), cipher, same_secrets=same_secrets
+        )
         return self._graph_view(template, version)
 
     def _graph_view(self, template: GraphTemplate, version: int) -> dict[str, Any]:
@@ -528,12 +537,26 @@ class StateManager:
         """Runs of this namespace, newest first."""
         return await asyncio.to_thread(self.list_runs_sync, graph_name, limit)
 
-    def list_runs_sync(self, graph_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_runs_sync(
+        self,
+        graph_name: str | None = None,
+        limit: int = 50,
+        *,
+        status: str | list[str] | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Blocking form of `list_runs`; `status` (one or several) and `since` (epoch seconds) filter."""
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ExoError(f"limit must be a whole number from 1 to 100000, got {limit!r}")
         if graph_name is not None:
             self._check_graph_name(graph_name)
-        return [self._run_view(r, None) for r in self.repo.list_runs(self.namespace, graph_name, limit)]
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        known = {s.value for s in RunStatus}
+        unknown = [s for s in statuses if s not in known]
+        if unknown:
+            raise ExoError(f"unknown run status {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
+        found = self.repo.list_runs(self.namespace, graph_name, limit, statuses=statuses or None, since=since)
+        return [self._run_view(r, None) for r in found]
 
     async def list_states(self, run_id: str) -> list[dict[str, Any]]:
         """Every state of a run; secret values are masked wherever they would appear. `waiting_reason`

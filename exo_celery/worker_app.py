@@ -39,6 +39,8 @@ def runtime_from_env(environ: Mapping[str, str] = os.environ) -> Runtime:
 def consumed_queues(runtime: Runtime) -> list[str]:
     """The queues `runtime.start()` consumes: the `-Q` of its `worker_argv()`, so both never disagree."""
     argv = runtime.worker_argv()
+    if "-Q" not in argv:
+        return [runtime.queue]
     return [name for name in argv[argv.index("-Q") + 1].split(",") if name]
 
 

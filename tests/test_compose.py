@@ -153,7 +153,7 @@ def test_compose_rules_flower_is_not_open_queues_and_broker_come_from_the_enviro
     # Health: beat by its heartbeat in the ledger, the worker by Celery's ping of its own node name.
     assert services["beat"]["healthcheck"]["test"] == ["CMD", "exo-celery", "beat", "--check"]
     ping = " ".join(services["worker"]["healthcheck"]["test"])
-    assert "inspect ping" in ping and '--broker="$EXO_BROKER_URL"' in ping and 'celery@$HOSTNAME' in ping
+    assert "inspect ping" in ping and '--broker="$EXO_BROKER_URL"' in ping and "celery@$HOSTNAME" in ping
 
     # The rabbitmq profile switches every exo process and Flower to RabbitMQ, and they wait for it.
     rabbit = services_with(RABBITMQ)

@@ -30,13 +30,16 @@ from .output import (
     err_console,
     error_text,
     fail,
+    json_errors,
     one_line,
     print_json,
+    report_error,
     run_tree,
     safe_url,
     seconds_between,
     status_text,
     waiting_lines,
+    watch_tree,
 )
 
 if TYPE_CHECKING:
@@ -188,12 +191,12 @@ def _check_beat(name: str | None, max_age: float | None, as_json: bool) -> None:
         problem = f"beat {found.name!r} last ticked {found.age:.1f} s ago (limit {limit:g} s): it is stuck or stopped"
         result["ok"] = found.age <= limit
     if as_json:
-        print_json({**result, **({} if result["ok"] else {"error": problem})})
+        print_json({**result, **({} if result["ok"] else {"error": problem, "type": "BeatUnhealthy"})})
         if not result["ok"]:
             raise typer.Exit(1)
         return
     if not result["ok"]:
-        fail(problem)
+        fail(problem, "BeatUnhealthy")
     assert found is not None
     console.print(
         f"beat {found.name!r} (pid {found.pid} on {found.host}) ticked {found.age:.1f} s ago (limit {limit:g} s)",
@@ -255,10 +258,11 @@ def demo(
             f"run {finished['run_id']}: [bold]{finished['status']}[/bold] "
             f"in {time.monotonic() - started:.1f} s (worker log: {log_path})"
         )
+        out.print(f"next: exo-celery show {finished['run_id']} -n {demo_graph.NAMESPACE}  (the run as a tree)")
         if finished["status"] != "SUCCESS":
             raise typer.Exit(1)
     except TimeoutError as exc:
-        fail(f"{exc} (worker log: {log_path})")
+        fail(f"{exc} (worker log: {log_path})", "TimeoutError")
     finally:
         _stop_worker(proc)
 
@@ -291,26 +295,28 @@ def upsert(
     try:
         body = json.loads(file.read_text())
     except OSError as exc:
-        fail(f"cannot read {file}: {exc.strerror or exc}")
+        fail(f"cannot read {file}: {exc.strerror or exc}", type(exc).__name__)
     except ValueError as exc:
-        fail(f"{file} is not valid JSON: {exc}")
+        fail(f"{file} is not valid JSON: {exc}", type(exc).__name__)
     graph_name = name or file.stem
     secrets = body.get("secrets") if isinstance(body, dict) else None
     hidden = [str(v) for v in secrets.values()] if isinstance(secrets, dict) else []
     manager = _manager(_namespace(ctx, namespace), validation_timeout=validation_timeout)
     try:
+        before = manager.repo.latest_version(manager.namespace, graph_name)
         graph = manager.upsert_graph_json_sync(graph_name, body)
     except ExoError as exc:  # an error text must not echo a secret value given in the file
-        fail(redact(error_text(exc), hidden))
+        fail(redact(error_text(exc), hidden), type(exc).__name__)
+    unchanged = before == graph["version"]  # identical to the latest version: no new one was stored
     if _json(ctx, as_json):
-        print_json(graph)
+        print_json({**graph, "unchanged": unchanged})
         return
     identifiers = ", ".join(n["identifier"] for n in graph["nodes"])
     secret_names = ", ".join(graph["secrets"]) or "none"
     console.print(
         f"graph {escape(graph['name'])!r} version {graph['version']} in namespace {escape(graph['namespace'])!r}: "
         f"[green]{graph['validation_status']}[/green] ({len(graph['nodes'])} nodes: {escape(identifiers)}; "
-        f"secrets: {escape(secret_names)})"
+        f"secrets: {escape(secret_names)})" + ("; unchanged: same as the latest version" if unchanged else "")
     )
 
 
@@ -345,13 +351,19 @@ def trigger(
     try:
         finished = _wait_with_progress(manager, created["run_id"], timeout, show=not as_json)
     except TimeoutError as exc:
-        fail(str(exc))
+        fail(str(exc), "TimeoutError")
+    errors = _run_errors(manager, finished) if finished["status"] == "FAILED" else []
     if as_json:
-        print_json(finished)
+        print_json({**finished, "errors": errors} if errors else finished)
     else:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(finished["counts"].items()))
         took = duration(seconds_between(finished["created_at"], finished["finished_at"]))
         console.print(f"run {finished['run_id']}: {status_text(finished['status'])} in {took} ({counts})")
+        for e in errors:
+            console.print(
+                f"  {escape(e['identifier'])} ({escape(e['node_name'])}) {status_text(e['status'])} "
+                f"state {e['state_id']}: [red]{escape(one_line(e['error'] or '(no error text)'))}[/red]"
+            )
     if finished["status"] != "SUCCESS":
         raise typer.Exit(1)
 
@@ -361,6 +373,23 @@ def _created_text(created: dict[str, Any]) -> str:
     if created.get("existing"):
         return f"{status_text(created['status'])} (already, by an earlier trigger with this idempotency key)"
     return status_text(created["status"])
+
+
+def _run_errors(manager: StateManager, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The states that made a run FAILED, with their error texts (redacted as stored), oldest first."""
+    failed = {"ERRORED", "NEXT_CREATED_ERROR"}
+    return [
+        {
+            "state_id": s["id"],
+            "identifier": s["identifier"],
+            "node_name": s["node_name"],
+            "status": s["status"],
+            "retry_count": s["retry_count"],
+            "error": s["error"],
+        }
+        for s in manager.list_states_sync(run["run_id"])
+        if s["status"] in failed
+    ]
 
 
 def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | None, show: bool) -> dict[str, Any]:
@@ -408,17 +437,33 @@ def runs(
     ctx: typer.Context,
     graph: str | None = typer.Option(None, "--graph", "-g", help="only runs of this graph"),
     limit: int = typer.Option(20, "--limit", min=1, help="how many (newest first)"),
+    status: list[str] | None = typer.Option(
+        None, "--status", "-s", help="only runs in this status (repeatable, or comma-separated: FAILED,RUNNING)"
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="only runs created since: an ISO time (UTC unless it says) or an age (10m, 2h, 1d)"
+    ),
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List the namespace's runs, newest first."""
+    from .since import parse_since
+
     ns = _namespace(ctx, namespace)
-    found = _manager(ns).list_runs_sync(graph, limit)
+    statuses = [part.upper() for item in status or [] for part in split_specs(item)]
+    try:
+        since_at = None if since is None else parse_since(since, time.time())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+    found = _manager(ns).list_runs_sync(graph, limit, status=statuses or None, since=since_at)
     if _json(ctx, as_json):
         print_json(found)
         return
     if not found:
-        console.print(f"no runs in namespace {escape(ns)!r}" + (f" for graph {escape(graph)!r}" if graph else ""))
+        filters = (f" for graph {escape(graph)!r}" if graph else "") + (
+            f" in status {', '.join(statuses)}" if statuses else ""
+        )
+        console.print(f"no runs in namespace {escape(ns)!r}{filters}" + (f" since {escape(since)}" if since else ""))
         return
     table = Table(title=f"runs in namespace {ns!r}", title_justify="left")
     for column in ("run id", "graph", "status", "created (UTC)", "duration"):
@@ -439,17 +484,26 @@ def runs(
 def show(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., help="run id"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="keep the tree refreshed until the run ends"),
+    interval: float = typer.Option(0.5, "--interval", min=0.1, help="with --watch: seconds between refreshes"),
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """A run and its states as a tree (each state under the state it came from)."""
     manager = _manager(_namespace(ctx, namespace))
-    run = manager.get_run_sync(run_id)
-    states = manager.list_states_sync(run_id)
+
+    def fetch() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return manager.get_run_sync(run_id), manager.list_states_sync(run_id)
+
+    if watch:
+        run, states = watch_tree(fetch, interval, show=not _json(ctx, as_json))
+    else:
+        run, states = fetch()
     if _json(ctx, as_json):
         print_json({"run": run, "states": states})
         return
-    console.print(run_tree(run, states))
+    if not watch:  # the live display already left the final tree on screen
+        console.print(run_tree(run, states))
 
 
 @app.command()
@@ -546,11 +600,14 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: errors print one line and exit non-zero, without a traceback."""
+    """Entry point: errors print one line and exit non-zero, without a traceback (with --json: JSON on stdout)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+    json_errors(as_json)
     try:
-        code = app(args=argv, prog_name="exo-celery", standalone_mode=False)
+        code = app(args=args, prog_name="exo-celery", standalone_mode=False)
     except typer.Abort:
-        err_console.print("[red]error:[/red] interrupted")
+        report_error("interrupted", "Interrupted")
         code = 130
     except KeyboardInterrupt:
         code = 130
@@ -563,11 +620,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             hint = f" (see '{context.command_path} --help')" if context is not None else ""
-            err_console.print(f"[red]error:[/red] {escape(one_line(message))}{escape(hint)}")
+            report_error(one_line(message) + hint, "UsageError")
     except (ExoError, TimeoutError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(error_text(exc))}")
+        report_error(error_text(exc), type(exc).__name__)
         code = 1
     except Exception as exc:  # e.g. a server that cannot be reached: one line, not a traceback
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(error_text(exc)[:500])}")
+        report_error(f"{type(exc).__name__}: {error_text(exc)[:500]}", type(exc).__name__)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -40,9 +43,26 @@ STATUS_STYLE = {
 }
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one line on stderr and exit with `code`."""
-    err_console.print(f"[red]error:[/red] {escape(one_line(message))}")
+_errors_as_json = False
+
+
+def json_errors(enabled: bool) -> None:
+    """With --json, errors are a JSON object on stdout ({"error", "type"}) instead of a line on stderr."""
+    global _errors_as_json
+    _errors_as_json = enabled
+
+
+def report_error(message: str, kind: str = "ExoError") -> None:
+    """One error: a line on stderr, or with --json `{"error": ..., "type": ...}` on stdout."""
+    if _errors_as_json:
+        sys.stdout.write(json.dumps({"error": one_line(message), "type": kind}) + "\n")
+    else:
+        err_console.print(f"[red]error:[/red] {escape(one_line(message))}")
+
+
+def fail(message: str, kind: str = "ExoError", code: int = 1) -> NoReturn:
+    """Report one error and exit with `code`."""
+    report_error(message, kind)
     raise typer.Exit(code)
 
 
@@ -98,6 +118,26 @@ def waiting_lines(run: dict[str, Any]) -> list[str]:
         f"waiting for a runtime: {w['reason']} ({w['states']} state{'s' if w['states'] != 1 else ''})"
         for w in run.get("waiting") or []
     ]
+def watch_tree(
+    fetch: Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]], interval: float, show: bool = True
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Redraw the run's tree in place (rich.live) until the run ends; returns the last run and states.
+
+    The final tree stays on screen. Reading a big run takes a while: the pause grows to twice that.
+    """
+    from rich.live import Live
+
+    from ..status import TERMINAL_RUNS, RunStatus
+
+    with Live(console=console, auto_refresh=False, transient=False) if show else nullcontext() as live:
+        while True:
+            started = time.monotonic()
+            run, states = fetch()
+            if live is not None:
+                live.update(run_tree(run, states), refresh=True)
+            if RunStatus(run["status"]) in TERMINAL_RUNS:
+                return run, states
+            time.sleep(max(interval, 2 * (time.monotonic() - started)))
 
 
 def run_tree(run: dict[str, Any], states: list[dict[str, Any]]) -> Tree:

@@ -153,14 +153,32 @@ class Repo:
             }
 
     # -- graphs ----------------------------------------------------------
-    def save_graph(self, namespace: str, name: str, template: dict[str, Any], secrets_cipher: str) -> int:
-        """Store a new version of a template; returns its version number."""
+    def save_graph(
+        self,
+        namespace: str,
+        name: str,
+        template: dict[str, Any],
+        secrets_cipher: str,
+        same_secrets: Callable[[str], bool] | None = None,
+    ) -> int:
+        """Store a new version of a template; returns its version number.
+
+        When the latest version has the same template and `same_secrets(its cipher)` is true (a
+        Fernet cipher differs each time, so only the caller, who holds the key, can compare), no
+        version is added and the latest one is returned: repeating an upsert changes nothing.
+        """
         for _ in range(10):
             with self.engine.begin() as conn:
                 latest = conn.execute(
-                    select(func.max(graphs.c.version)).where(graphs.c.namespace == namespace, graphs.c.name == name)
-                ).scalar()
-                version = (latest or 0) + 1
+                    select(graphs.c.version, graphs.c.template, graphs.c.secrets_cipher)
+                    .where(graphs.c.namespace == namespace, graphs.c.name == name)
+                    .order_by(graphs.c.version.desc())
+                    .limit(1)
+                ).first()
+                if latest is not None and same_secrets is not None:
+                    if latest.template == template and same_secrets(latest.secrets_cipher):
+                        return int(latest.version)
+                version = (latest.version if latest is not None else 0) + 1
                 try:
                     with conn.begin_nested():
                         conn.execute(
@@ -381,10 +399,23 @@ class Repo:
             ).all()
         return {status: int(n) for status, n in rows}
 
-    def list_runs(self, namespace: str, graph_name: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_runs(
+        self,
+        namespace: str,
+        graph_name: str | None,
+        limit: int,
+        *,
+        statuses: list[str] | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Runs newest first; optionally only those in `statuses` or created at or after `since`."""
         q = select(runs).where(runs.c.namespace == namespace)
         if graph_name is not None:
             q = q.where(runs.c.graph_name == graph_name)
+        if statuses:
+            q = q.where(runs.c.status.in_(statuses))
+        if since is not None:
+            q = q.where(runs.c.created_at >= since)
         q = q.order_by(runs.c.created_at.desc()).limit(limit)
         with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]

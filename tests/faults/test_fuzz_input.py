@@ -270,7 +270,12 @@ def test_fuzzed_templates_are_stored_or_rejected_cleanly(
         return
     assert result["validation_status"] == "VALID"
     after = fuzz.ledger.table_counts()
-    assert after["exo_graphs"] == before["exo_graphs"] + 1
+    # One new version, or none when the template and secrets equal the latest version's (returned instead).
+    added = after["exo_graphs"] - before["exo_graphs"]
+    assert added in (0, 1)
+    assert fuzz.manager.repo.latest_version(fuzz.manager.namespace, name) == result["version"]
+    if added == 0:
+        fuzz.tally["identical upserts (no new version)"] += 1
     assert {k: v for k, v in after.items() if k != "exo_graphs"} == {
         k: v for k, v in before.items() if k != "exo_graphs"
     }
