@@ -3,6 +3,7 @@ and the ledger-side checks that keep a namespace's runs and states inside it."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from ..settings import Settings
 from .auth import KeyRing
 
 _ID = re.compile(r"[0-9a-f]{32}")
-UPSERT_VALIDATION_TIMEOUT = 10.0
-"""Seconds an HTTP upsert waits for workers to register missing nodes (the SDK's client waits 60 s)."""
+UPSERT_VALIDATION_TIMEOUT = float(os.environ.get("EXO_SERVE_VALIDATION_TIMEOUT", "10"))
+"""Seconds an HTTP upsert waits for starting workers to register missing nodes (`EXO_SERVE_VALIDATION_TIMEOUT`)."""
 
 
 @dataclass
