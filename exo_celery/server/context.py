@@ -3,7 +3,6 @@ and the ledger-side checks that keep a namespace's runs and states inside it."""
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ from ..settings import Settings
 from .auth import KeyRing
 
 _ID = re.compile(r"[0-9a-f]{32}")
-UPSERT_VALIDATION_TIMEOUT = float(os.environ.get("EXO_SERVE_VALIDATION_TIMEOUT", "10"))
-"""Seconds an HTTP upsert waits for starting workers to register missing nodes (`EXO_SERVE_VALIDATION_TIMEOUT`)."""
 
 
 @dataclass
@@ -42,7 +39,9 @@ class Context:
         with self._lock:
             found = self._managers.get(namespace)
             if found is None:
-                found = StateManager(namespace, settings=self.settings, validation_timeout=UPSERT_VALIDATION_TIMEOUT)
+                found = StateManager(
+                    namespace, settings=self.settings, validation_timeout=self.settings.serve_validation_timeout
+                )
                 self._managers[namespace] = found
             return found
 
