@@ -71,15 +71,16 @@ def main() -> None:
         print(f"fan-out width {args.width}, while RUNNING ({done:,} branches done):")
         for label, path in paths.items():
             med, worst, size = timed(client, path, args.repeat)
-            print(f"  {label:14s} median {med:7.1f} ms  max {worst:7.1f} ms  ({size:,} bytes)")
+            print(f"  {label:15s} median {med:7.1f} ms  max {worst:7.1f} ms  ({size:,} bytes)")
         while client.get(f"/v0/namespace/{ns}/run/{run_id}/wait", params={"timeout": 30}).json()["terminal"] is False:
             pass
         total = time.perf_counter() - started
         states = client.get(f"/v0/namespace/{ns}/run/{run_id}").json()["counts"]
         print(f"finished in {total:.1f} s with {states}; after the run:")
+        paths["/metrics scrape"] = "/metrics"
         for label, path in paths.items():
             med, worst, size = timed(client, path, args.repeat)
-            print(f"  {label:14s} median {med:7.1f} ms  max {worst:7.1f} ms  ({size:,} bytes)")
+            print(f"  {label:15s} median {med:7.1f} ms  max {worst:7.1f} ms  ({size:,} bytes)")
     finally:
         stack.stop_all()
         drop_database(url)
