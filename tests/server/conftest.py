@@ -117,6 +117,11 @@ GRAPHS: dict[str, dict[str, Any]] = {
             ]
         ),
     },
+    "secret": {
+        "secrets": {"api_key": "top-secret-9f8e7d"},
+        "nodes": _dump([GraphNodeModel(node_name="UseSecret", identifier="use", inputs={"mode": "leak-output"})]),
+        "retry_policy": RetryPolicyModel(max_retries=0).model_dump(mode="json"),
+    },
     "flaky": {
         "secrets": {},
         "nodes": _dump([GraphNodeModel(node_name="Flaky", identifier="flaky", inputs={"path": "", "times": "1"})]),
