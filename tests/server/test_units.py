@@ -30,7 +30,7 @@ def test_bad_keys_are_a_config_error_that_never_shows_the_key(text: str) -> None
 def test_without_keys_only_loopback_may_be_bound() -> None:
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         check_bind(host, KeyRing())
-    with pytest.raises(ConfigError, match="refusing to serve on '0.0.0.0' without an API key"):
+    with pytest.raises(ConfigError, match=r"refusing to serve on '0\.0\.0\.0' without an API key"):
         check_bind("0.0.0.0", KeyRing())
     check_bind("0.0.0.0", KeyRing.parse("a-long-key-123"))
     assert host_is_loopback("127.0.0.1:8000") and host_is_loopback("[::1]:80") and host_is_loopback("localhost")
