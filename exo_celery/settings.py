@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(1_048_576, gt=0, description="largest JSON a node may return")
     max_input_bytes: int = Field(8_388_608, gt=0, description="largest JSON of a state's rendered inputs")
     embedded_polling_interval: float = Field(0.01, gt=0, description="filesystem broker poll (s)")
+    api_key: SecretStr | None = Field(None, description="API keys of `exo-celery serve` (key[:ns|ns],...)")
+    flower_url: str | None = Field(None, description="Flower's URL, linked from the dashboard")
+    serve_validation_timeout: float = Field(10.0, ge=0, description="HTTP upsert's wait for node registration (s)")
 
     @field_validator("queue_prefix")
     @classmethod

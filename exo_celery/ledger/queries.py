@@ -73,7 +73,7 @@ class Queries:
             .group_by(graphs.c.name)
         )
         with self.engine.connect() as conn:
-            created = dict(conn.execute(firsts).all())
+            created: dict[str, float] = {name: ts for name, ts in conn.execute(firsts).all()}
             return [dict(r, created_at=created.get(r["name"])) for r in conn.execute(q).mappings()]
 
     def nodes_in(self, namespace: str) -> list[dict[str, Any]]:

@@ -19,9 +19,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     """Serve until interrupted; refuses a non-loopback `host` while `EXO_API_KEY` is unset (ConfigError)."""
     import uvicorn
 
-    ring = KeyRing.from_env()
-    check_bind(host, ring)
     settings = settings or load_settings()
+    ring = KeyRing.from_settings(settings)
+    check_bind(host, ring)
     app = create_app(settings, ring)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

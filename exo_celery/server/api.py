@@ -25,9 +25,11 @@ from .context import Context
 api_key_header = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="an EXO_API_KEY key")
 
 REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": m.ErrorBody, "description": "the request was refused (bad inputs or store)"},
     401: {"model": m.ErrorBody, "description": "missing or invalid API key"},
     403: {"model": m.ErrorBody, "description": "this key may not use the namespace"},
     404: {"model": m.ErrorBody, "description": "not found in this namespace"},
+    409: {"model": m.ErrorBody, "description": "does not fit the state's or run's status"},
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 def create_app(settings: Settings | None = None, ring: KeyRing | None = None, flower_url: str | None = None) -> FastAPI:
     """The app over the ledger `settings` name (default: the environment); `ring` defaults to `EXO_API_KEY`."""
     settings = settings or load_settings()
-    ring = ring if ring is not None else KeyRing.from_env()
+    ring = ring if ring is not None else KeyRing.from_settings(settings)
     app = FastAPI(
         title="exo_celery",
         summary="Exosphere's state-manager v0 API over an exo_celery ledger, and a dashboard",
@@ -33,7 +32,7 @@ def create_app(settings: Settings | None = None, ring: KeyRing | None = None, fl
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.ctx = Context(settings, ring, flower_url or os.environ.get("EXO_FLOWER_URL"))
+    app.state.ctx = Context(settings, ring, flower_url or settings.flower_url)
     registry = make_registry(settings)
 
     @app.middleware("http")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..settings import Settings
 from ..validate import name_problem
 
 SESSION_COOKIE = "exo_session"
@@ -92,8 +92,9 @@ class KeyRing:
         return ring
 
     @classmethod
-    def from_env(cls) -> KeyRing:
-        return cls.parse(os.environ.get("EXO_API_KEY"))
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        """The keys of `EXO_API_KEY` (settings.api_key)."""
+        return cls.parse(settings.api_key.get_secret_value() if settings.api_key else None)
 
     def find(self, key: str | None = None, session: str | None = None) -> ApiKey | None:
         """The key matching a raw `x-api-key` value or a session cookie's digest."""

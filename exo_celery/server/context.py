@@ -17,8 +17,6 @@ from ..settings import Settings
 from .auth import KeyRing
 
 _ID = re.compile(r"[0-9a-f]{32}")
-UPSERT_VALIDATION_TIMEOUT = 10.0
-"""Seconds an HTTP upsert waits for workers to register missing nodes (the SDK's client waits 60 s)."""
 
 
 @dataclass
@@ -41,7 +39,9 @@ class Context:
         with self._lock:
             found = self._managers.get(namespace)
             if found is None:
-                found = StateManager(namespace, settings=self.settings, validation_timeout=UPSERT_VALIDATION_TIMEOUT)
+                found = StateManager(
+                    namespace, settings=self.settings, validation_timeout=self.settings.serve_validation_timeout
+                )
                 self._managers[namespace] = found
             return found
 

@@ -6,7 +6,6 @@ the actions (retry, cancel, trigger) to the JSON API with the CSRF header.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 from urllib.parse import quote
@@ -346,7 +345,7 @@ def state_page(request: Request, namespace: str, state_id: str) -> HTMLResponse:
         if state["status"] in ("ERRORED", "NEXT_CREATED_ERROR", "CANCELLED")
         else ""
     )
-    flower = ctx.flower_url or os.environ.get("EXO_FLOWER_URL")
+    flower = ctx.flower_url
     flower_link = (
         f' · <a href="{e(flower.rstrip("/"))}/tasks?search={e(state_id)}">its task in Flower</a>' if flower else ""
     )

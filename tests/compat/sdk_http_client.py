@@ -39,13 +39,25 @@ async def main(url: str, namespace: str, key: str) -> int:
     manager = StateManager(namespace, state_manager_uri=url, key=key)
     name = f"sdk-http-{uuid.uuid4().hex[:8]}"
     nodes = [
-        GraphNodeModel(node_name="Echo", namespace=namespace, identifier="first", inputs={"text": "${{ store.greeting }}"},
-                       next_nodes=["second"]),
-        GraphNodeModel(node_name="Echo", namespace=namespace, identifier="second",
-                       inputs={"text": "${{ first.outputs.text }} again"}),
+        GraphNodeModel(
+            node_name="Echo",
+            namespace=namespace,
+            identifier="first",
+            inputs={"text": "${{ store.greeting }}"},
+            next_nodes=["second"],
+        ),
+        GraphNodeModel(
+            node_name="Echo",
+            namespace=namespace,
+            identifier="second",
+            inputs={"text": "${{ first.outputs.text }} again"},
+        ),
     ]
     graph = await manager.upsert_graph(
-        name, nodes, {"api_token": "sdk-secret-value"}, retry_policy=RetryPolicyModel(max_retries=1),
+        name,
+        nodes,
+        {"api_token": "sdk-secret-value"},
+        retry_policy=RetryPolicyModel(max_retries=1),
         store_config=StoreConfigModel(required_keys=["greeting"]),
     )
     assert graph["validation_status"] == "VALID", graph

@@ -73,7 +73,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         stack.start_worker(NS_A, concurrency=2)
         stack.start_worker(NS_B, concurrency=1)
         proc, base = start_server(
-            stack, {"EXO_API_KEY": f"{ADMIN_KEY},{A_KEY}:{NS_A}", "EXO_FLOWER_URL": "http://127.0.0.1:1"}
+            stack,
+            {
+                "EXO_API_KEY": f"{ADMIN_KEY},{A_KEY}:{NS_A}",
+                "EXO_FLOWER_URL": "http://127.0.0.1:1",
+                "EXO_SERVE_VALIDATION_TIMEOUT": "1",
+            },
         )
         live = Live(base, stack, proc)
         with live.client() as c:
@@ -111,6 +116,11 @@ GRAPHS: dict[str, dict[str, Any]] = {
                 ),
             ]
         ),
+    },
+    "secret": {
+        "secrets": {"api_key": "top-secret-9f8e7d"},
+        "nodes": _dump([GraphNodeModel(node_name="UseSecret", identifier="use", inputs={"mode": "leak-output"})]),
+        "retry_policy": RetryPolicyModel(max_retries=0).model_dump(mode="json"),
     },
     "flaky": {
         "secrets": {},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,24 @@ def test_no_key_means_loopback_only(live: Live) -> None:
     )
     assert done.returncode != 0 and "refusing to serve on '0.0.0.0' without an API key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_secret_values_never_appear_in_responses_or_pages(live: Live) -> None:
+    secret = "top-secret-9f8e7d"
+    with live.client() as c:
+        leak = c.post(f"/v0/namespace/{NS_A}/graph/secret/trigger", json={"inputs": {"mode": "leak-output"}})
+        bad = c.post(f"/v0/namespace/{NS_A}/graph/secret/trigger", json={"inputs": {"mode": "leak-error"}})
+        runs = [leak.json()["run_id"], bad.json()["run_id"]]
+        assert [live.wait_run(NS_A, r)["status"] for r in runs] == ["SUCCESS", "FAILED"]
+        c.cookies.set("exo_session", hashlib.sha256(ADMIN_KEY.encode()).hexdigest())
+        texts = [c.get(f"/v0/namespace/{NS_A}/graph/secret").text, c.get(f"/v0/namespace/{NS_A}/graphs/").text]
+        for run_id in runs:
+            states = c.get(f"/v0/namespace/{NS_A}/run/{run_id}/states").json()["states"]
+            texts.append(str(states))
+            texts.append(c.get(f"/v0/namespace/{NS_A}/states/run/{run_id}/graph").text)
+            texts.append(c.get(f"/v0/namespace/{NS_A}/graph/secret/run/{run_id}/node/{states[0]['id']}").text)
+            texts.append(c.get(f"/ui/{NS_A}/run/{run_id}").text)
+            texts.append(c.get(f"/ui/{NS_A}/state/{states[0]['id']}").text)
+        texts.append(c.get("/metrics").text)
+    assert all(secret not in t for t in texts)
+    assert "key=***" in texts[2] and "bad key ***" in texts[7] and "bad key ***" in texts[10]

@@ -23,7 +23,9 @@ def test_the_sdk_http_state_manager_drives_a_run(live: Live) -> None:
         pytest.skip("EXO_SDK_PYTHON (a Python with exospherehost==0.0.3) is not set")
     done = subprocess.run(
         [python, str(ROOT / "tests/compat/sdk_http_client.py"), live.url, NS_A, ADMIN_KEY],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
