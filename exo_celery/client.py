@@ -17,7 +17,7 @@ from .crypto import REDACTED, decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
-from .ledger.notify import FALLBACK_POLL, subscribe
+from .ledger.notify import FALLBACK_POLL, READY_TIMEOUT, subscribe
 from .ledger.repo import NewRun, Repo
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
@@ -371,8 +371,10 @@ class StateManager:
         _check_id("run", run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = FALLBACK_POLL if poll_interval is None else poll_interval
-        sub = await asyncio.to_thread(subscribe, self.settings.ledger_url, run_id)
+        sub = subscribe(self.settings.ledger_url, run_id, block=False)
         try:
+            if not sub.listening.is_set():  # only the process's first waiter waits for the LISTEN
+                await asyncio.to_thread(sub.listening.wait, READY_TIMEOUT)
             while True:
                 sub.clear()  # before the read: an end committed after it still wakes us
                 run = await self.get_run(run_id)
