@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .cases import Exo, Plain, fan_graph
+from .cpu import PARTS as CPU_PARTS
+from .cpu import snapshot as cpu_snapshot
+from .cpu import used as cpu_used
 from .harness import (
     REDIS_URL,
     Bench,
@@ -35,7 +38,6 @@ from .harness import (
     drop_database,
     flush_redis,
 )
-from .profile import cpu_snapshot
 from .sqlcount import read_totals
 from .user import UserExo, UserPlain, start_plain_default_worker, wait_lags
 
@@ -107,6 +109,7 @@ def compare(sides: Sides, cfg: Config, res: Results) -> None:
     """
     exo, plain, exo_proc, plain_proc = sides.exo, sides.plain, sides.exo_proc, sides.plain_proc
     ux, up, default_proc, database = sides.user_exo, sides.user_plain, sides.default_proc, sides.database
+    polling = frozenset({exo.ledger.conn.info.backend_pid})  # the driver's reads of exo_runs: not the ledger's cost
     n = cfg.independent
     cases: list[tuple[str, Callable[[], Any], Callable[[], Any], int]] = []
     for width in cfg.fan_widths:
@@ -151,12 +154,12 @@ def compare(sides: Sides, cfg: Config, res: Results) -> None:
                     sides.reverse()
                 for side, fn in sides:
                     worker = (exo_proc if side == "exo" else sides_proc(key, plain_proc, default_proc)).popen.pid
-                    before = cpu_snapshot(worker, database)
+                    before = cpu_snapshot(worker, database, polling)
                     value = fn()
-                    after = cpu_snapshot(worker, database)
+                    cpu = cpu_used(before, cpu_snapshot(worker, database, polling))
                     count = executes[key][0 if side == "exo" else 1]
                     for part in CPU_PARTS:
-                        res.add(f"cpu.{key}.{side}.{part}", (after.get(part, 0.0) - before.get(part, 0.0)) / count)
+                        res.add(f"cpu.{key}.{side}.{part}", cpu[part] / count)
                     if key in ("indep", "backlog"):
                         rate, sending = value
                         res.add(f"{key}.{side}", rate)
@@ -227,14 +230,6 @@ def sql_counts(bench: Bench, exo: Exo, cfg: Config, res: Results) -> None:
             f"width {width}: {diff['statements']} statements, {diff['commits']} commits, {diff['pings']} pings "
             f"for {rows} state rows / {executed} executed states: {dict(diff)}"
         )
-
-
-CPU_PARTS = (
-    "worker main process",
-    "worker pool children",
-    "postgresql backends of the bench database",
-    "redis-server (shared)",
-)
 
 
 def sides_proc(key: str, plain_proc: Proc, default_proc: Proc) -> Proc:
