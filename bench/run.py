@@ -56,6 +56,7 @@ class Config:
     user_chain: int = 200
     user_one: int = 50
     waiters: int = 100
+    cases: tuple[str, ...] = ()  # only these side-by-side cases (all when empty)
 
 
 @dataclass
@@ -128,6 +129,8 @@ def compare(sides: Sides, cfg: Config, res: Results) -> None:
     executes = {f"fan{w}": (w + 2, w + 1) for w in cfg.fan_widths}
     executes.update({"hop": (length, length), "indep": (n, n), "backlog": (n, n), "uhop": (ul, ul), "uone": (uo, uo)})
     executes[f"ufan{uw}"] = (uw + 2, uw + 1)
+    if cfg.cases:
+        cases = [c for c in cases if c[0] in cfg.cases]
     trackers = {"exo": RssTracker(exo_proc), "plain": RssTracker(plain_proc)}
     plain_tasks = 0
 
@@ -453,9 +456,9 @@ def cpu_rows(res: Results, cfg: Config) -> list[tuple[str, ...]]:
     """CPU seconds per executed state (exo) and per task (plain): worker processes + PostgreSQL + Redis."""
     rows = []
     worker = CPU_PARTS[:2]
-    big = f"fan{max(cfg.fan_widths)}"
+    fans = [(f"fan{w}", f"CPU per executed state, fan-out {w:,} (matched) (ms)", "<= 1.3x") for w in cfg.fan_widths]
     for key, label, target in (
-        (big, f"CPU per executed state, fan-out {max(cfg.fan_widths):,} (matched) (ms)", "<= 1.3x"),
+        *fans,
         ("hop", f"CPU per executed state, linear {cfg.chain_length} (matched) (ms)", ""),
         ("indep", f"CPU per executed state, {cfg.independent:,} independent runs (matched) (ms)", ""),
         (f"ufan{cfg.user_fan}", f"CPU per executed state, user's fan-out {cfg.user_fan:,} (plain defaults) (ms)", ""),
@@ -571,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one repetition, a shorter embedded phase")
     parser.add_argument("--tiny", action="store_true", help="small sizes: a smoke test of the run (with --quick)")
+    parser.add_argument("--cases", default="", help="only these side-by-side cases, e.g. fan1000,hop,uhop")
     parser.add_argument("--reps", type=int, default=None, help="repetitions of the side-by-side cases (default 3)")
     parser.add_argument("--loglevel", default="INFO", help="both workers' log level (default INFO, exo's default)")
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: compare,wait,sql,embedded")
@@ -584,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.fan_widths, cfg.chain_length, cfg.independent, cfg.sql_widths = (100, 500), 50, 200, (10, 100)
         cfg.user_fan, cfg.user_chain, cfg.user_one, cfg.embedded_length, cfg.embedded_reps = 200, 50, 10, 20, 1
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    cfg.cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
 
     started = time.monotonic()
     res = Results()
