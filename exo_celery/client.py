@@ -21,7 +21,7 @@ from .errors import BrokerUnavailable, ConfigError, ExoError, GraphValidationErr
 from .graph import GraphTemplate, parse_graph_parts
 from .ledger.db import translate_errors
 from .ledger.meta import check_secrets_key
-from .ledger.notify import FALLBACK_POLL, subscribe
+from .ledger.notify import FALLBACK_POLL, READY_TIMEOUT, subscribe
 from .ledger.repo import NewRun, Repo
 from .ledger.runtimes import Runtimes, waiting_reason
 from .ledger.transitions import Dispatch, Transitions
@@ -620,8 +620,10 @@ class StateManager:
         _check_id("run", run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = FALLBACK_POLL if poll_interval is None else poll_interval
-        sub = await asyncio.to_thread(subscribe, self.settings.ledger_url, run_id)
+        sub = subscribe(self.settings.ledger_url, run_id, block=False)
         try:
+            if not sub.listening.is_set():  # only the process's first waiter waits for the LISTEN
+                await asyncio.to_thread(sub.listening.wait, READY_TIMEOUT)
             while True:
                 sub.clear()  # before the read: an end committed after it still wakes us
                 run = await self.get_run(run_id)

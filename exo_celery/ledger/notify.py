@@ -106,6 +106,11 @@ class Subscription:
                     self._futures.remove((loop, future))
         return self._flag.is_set()
 
+    @property
+    def listening(self) -> threading.Event:
+        """Set while this process's listener is listening (wait on it before the first read)."""
+        return self._hub.ready
+
     def close(self) -> None:
         """Stop listening for this run."""
         self._hub.unsubscribe(self)
@@ -133,7 +138,7 @@ class _Hub:
         self._idle_since = time.monotonic()
         self.ready = threading.Event()  # set while notifications (or change checks) are flowing
 
-    def subscribe(self, run_id: str | None) -> Subscription:
+    def subscribe(self, run_id: str | None, block: bool = True) -> Subscription:
         sub = Subscription(self, run_id)
         with self._lock:
             self._subs.setdefault(run_id, set()).add(sub)
@@ -141,7 +146,8 @@ class _Hub:
                 self.ready.clear()
                 self._thread = threading.Thread(target=self._run, name=f"exo-{type(self).__name__}", daemon=True)
                 self._thread.start()
-        self.ready.wait(READY_TIMEOUT)
+        if block:
+            self.ready.wait(READY_TIMEOUT)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -275,11 +281,12 @@ def hub(url: str) -> _Hub:
         return found
 
 
-def subscribe(url: str, run_id: str | None = None) -> Subscription:
+def subscribe(url: str, run_id: str | None = None, *, block: bool = True) -> Subscription:
     """Be woken when the run `run_id` (None: any run) of the ledger at `url` ends.
 
     Blocks until the process's listener is listening (at most READY_TIMEOUT seconds), so a read
-    of the ledger made after this returns cannot miss the run's end. Close the subscription when
-    done (it is a context manager).
+    of the ledger made after this returns cannot miss the run's end; with `block=False` it returns
+    at once and the caller waits on `sub.listening` itself (e.g. in a thread, from async code).
+    Close the subscription when done (it is a context manager).
     """
-    return hub(url).subscribe(run_id)
+    return hub(url).subscribe(run_id, block)
