@@ -212,7 +212,7 @@ def test_compose_worker_and_beat_commands_run_the_example_graph(fresh_pg: Stack)
     worker.wait_for(" ready.")
     beat.wait_for("beat: Starting")
     prefix = fresh_pg.settings().queue_prefix
-    assert f".> {prefix}.demo " in worker.text()  # the queue came from EXO_QUEUE_PREFIX and EXO_NAMESPACE
+    assert f".> {prefix}.demo.SplitNumbers " in worker.text()  # the queues came from EXO_QUEUE_PREFIX and EXO_NAMESPACE
     done = subprocess.run(
         [*cli, "upsert", "config/squares.json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
