@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -219,43 +219,60 @@ class Runtime:
         """The coroutine form: registers the nodes, then runs the worker until it stops or this is cancelled.
 
         A Celery worker needs a process's main thread (signal handlers, its pool), so it runs in a
-        forked child process; the child ends with its parent. Raises RuntimeError if it fails.
+        forked child process that leads its own process group; it stops by itself when its parent
+        goes away. Raises RuntimeError if the worker exits with an error.
         """
         await asyncio.to_thread(self.register)
-        child = multiprocessing.get_context("fork").Process(
-            target=_child_main, args=(self, os.getpid()), name=f"exo-runtime-{self.name}"
-        )
-        child.start()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            _child_main(self, parent)
         try:
-            while child.is_alive():
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
                 await asyncio.sleep(0.2)
         except asyncio.CancelledError:
-            await _stop_child(child)
+            await _stop_child(pid)
             raise
-        if child.exitcode not in (0, None):
-            raise RuntimeError(f"the worker of runtime {self.name!r} exited with code {child.exitcode}")
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"the worker of runtime {self.name!r} exited with code {code}")
 
 
 def _child_main(runtime: Runtime, parent: int) -> None:
-    """Entry point of `_start()`'s worker process: stop when the parent goes away."""
+    """Body of `_start()`'s worker process; exits the process when the worker stops."""
+    code = 1
+    try:
+        os.setpgrp()  # its pool's processes join this group: stopping it reaches them all
+        signal.set_wakeup_fd(-1)  # the parent's event loop is not this process's
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            threading.Event().wait(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+        def watch() -> None:
+            while os.getppid() == parent:
+                threading.Event().wait(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
 
-    threading.Thread(target=watch, name="exo-parent-watch", daemon=True).start()
-    runtime._run()
+        threading.Thread(target=watch, name="exo-parent-watch", daemon=True).start()
+        runtime._run()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    except BaseException:
+        logging.getLogger("exo_celery").exception("runtime %r failed", runtime.name)
+    finally:
+        os._exit(code)
 
 
-async def _stop_child(child: Any, grace: float = 10.0) -> None:
-    """Warm-shut the worker (SIGTERM), then kill it if it lingers past `grace` seconds."""
-    if child.pid is None or not child.is_alive():
-        return
-    os.kill(child.pid, signal.SIGTERM)
+async def _stop_child(pid: int, grace: float = 10.0) -> None:
+    """Warm-shut the worker (SIGTERM), then kill its process group if it lingers past `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     for _ in range(int(grace / 0.1)):
-        if not child.is_alive():
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done:
             return
         await asyncio.sleep(0.1)
-    os.kill(child.pid, signal.SIGKILL)
-    await asyncio.to_thread(child.join, 5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    await asyncio.to_thread(os.waitpid, pid, 0)
