@@ -339,6 +339,7 @@ class StateManager:
         inputs: dict[str, str] | None = None,
         store: dict[str, str] | None = None,
         start_delay: int = 0,
+        *,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Start a run; `start_delay` in ms. Returns {"status": "CREATED", "run_id": ...} and ours.

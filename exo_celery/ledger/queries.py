@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, and_, case, distinct, func, inspect, select, union
+from sqlalchemy import Engine, MetaData, Table, and_, case, func, inspect, select, union
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..status import ACTIVE_STATES, FAILED_STATES, StateStatus
@@ -316,11 +316,11 @@ class Queries:
     def _postgres(self) -> bool:
         return self.url.startswith("postgresql")
 
-    def queue_names(self) -> list[str]:
-        """Namespaces that states are sent in (the queues to measure)."""
-        q = select(distinct(nodes.c.namespace))
+    def queue_names(self) -> list[tuple[str, str]]:
+        """(namespace, node name) of every registered node: each has its own queue to measure."""
+        q = select(nodes.c.namespace, nodes.c.node_name)
         with self.engine.connect() as conn:
-            return sorted({r[0] for r in conn.execute(q)})
+            return sorted({(r[0], r[1]) for r in conn.execute(q)})
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -379,6 +379,7 @@ class Repo:
         """A run and its states counted by status, read on one connection: on PostgreSQL an autocommit
         one, so two round trips (no ping, BEGIN or ROLLBACK); what a waiter reads once woken."""
         counts_q = select(states.c.status, func.count()).where(states.c.run_id == run_id).group_by(states.c.status)
+        self.reader  # noqa: B018  (a read never creates a ledger: this checks it exists, once per process)
         for attempt in range(2):
             try:
                 with get_engine(self.url, autocommit=True).connect() as conn:

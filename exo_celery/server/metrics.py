@@ -99,7 +99,7 @@ class LedgerCollector(Collector):
             yield family
 
     def _queues(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("exo_queue_depth", "Messages waiting in each namespace's queue", labels=["queue"])
+        depth = GaugeMetricFamily("exo_queue_depth", "Messages waiting in each node's queue", labels=["queue"])
         up = GaugeMetricFamily("exo_broker_up", "1 when the broker answered the queue-depth check")
         try:
             for queue, n in self._depths().items():
@@ -114,7 +114,7 @@ class LedgerCollector(Collector):
         from kombu import Connection
 
         result: dict[str, int] = {}
-        names = [queue_name(self.settings, ns) for ns in self.queries.queue_names()]
+        names = [queue_name(self.settings, ns, node) for ns, node in self.queries.queue_names()]
         if not names:
             return result
         options: dict[str, Any] = self.settings.broker_transport_options()

@@ -7,6 +7,7 @@ sent to the wrong queue must not make a worker run another namespace's state.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -137,8 +138,10 @@ def test_a_client_sees_another_namespaces_runs_and_states_as_not_found(two: Two)
     assert [r["run_id"] for r in run(ma.list_runs())].count(failed) == 0
 
     shown = _cli(stack, ["--namespace", a, "--json", "show", failed])
-    assert shown.returncode == 1 and failed not in shown.stdout, shown.stdout
-    assert "does not exist in namespace" in shown.stderr, shown.stderr
+    # With --json the error is JSON on stdout: it names the id asked for, and shows nothing of the run.
+    error = json.loads(shown.stdout)
+    assert shown.returncode == 1 and set(error) == {"error", "type"}, shown.stdout
+    assert error["type"] == "NotFoundError" and "does not exist in namespace" in error["error"], error
     # b's own client still sees and acts on them.
     assert run(mb.get_run(failed))["status"] == "FAILED"
     assert run(mb.manual_retry(errored))["retry_of"] == errored
