@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,18 +38,35 @@ PURGE_EVERY = 60.0
 PURGE_BUDGET = 2.0  # seconds of purging per round at most; a full batch means more is due next round
 
 
-def likely_lost(waiting: int, queued: int, in_flight: int) -> int:
+@dataclass(frozen=True)
+class QueueLook:
+    """What one sweep saw of a queue: its never-claimed states without a message, its ready messages,
+    and how many the sweep re-sent."""
+
+    lost: int
+    queued: int
+    resent: int = 0
+
+
+def likely_lost(waiting: int, queued: int, in_flight: int, before: QueueLook | None) -> int:
     """The sweep's re-send rule for never-claimed states of one queue (issue 13, item 11).
 
     `waiting` states of the queue are QUEUED, due and never claimed: each one's message is in the
     queue (`queued` ready messages), delivered to a worker and not yet claimed (`in_flight`), or
     lost. Queues are FIFO, so the missing messages are those of the states dispatched first; the
-    caller re-sends that many of the oldest (and only those dispatched over a lease ago). Stale
-    copies of finished states count as messages, so the rule errs towards re-sending too little, never
-    towards a storm; what it misses is re-sent once the backlog drains. A state whose lease expired
-    after a claim is certainly lost and is re-sent without asking the broker (`Transitions.recover`).
+    caller re-sends that many of the oldest (and only those dispatched over a lease ago).
+
+    A shortfall must be seen on two sweeps in a row, with no growth of the queue in between beyond
+    what the sweep itself re-sent: a worker may still be publishing a wide fan-out it committed
+    (its states are in the ledger, their messages not yet in the queue). Stale copies of finished
+    states count as messages, so the rule errs towards re-sending too little, never towards a storm;
+    what it misses is re-sent once the backlog drains. A state whose lease expired after a claim is
+    certainly lost and is re-sent without asking the broker (`Transitions.recover`).
     """
-    return max(0, waiting - queued - in_flight)
+    lost = max(0, waiting - queued - in_flight)
+    if before is None or queued > before.queued + before.resent:
+        return 0
+    return min(lost, before.lost)
 
 
 def queue_of(settings: Settings, namespace: str, node_name: str) -> str:
@@ -125,6 +143,7 @@ class Beat:
         self._managers: dict[str, StateManager] = {}
         self.name = default_beat_name()  # the heartbeat row this process refreshes
         self.started_at = time.time()
+        self._looks: dict[str, QueueLook] = {}  # the previous sweep's view of each queue
 
     @property
     def horizon(self) -> float:
@@ -173,15 +192,22 @@ class Beat:
             nodes, waiting = by_queue.get(queue_of(self.settings, ns, node), ([], 0))
             by_queue[queue_of(self.settings, ns, node)] = ([*nodes, (ns, node)], waiting + count)
         if not by_queue:
+            self._looks = {}
             return []
         load = broker_load(self.app, sorted(by_queue), self.settings.lease_seconds)
         if load is None:
             return []
         resent: list[Dispatch] = []
+        looks: dict[str, QueueLook] = {}
         for q, (nodes, waiting) in by_queue.items():
             queued, in_flight = load.get(q, (0, 0))
-            resent += self.transitions.resend_oldest(nodes, likely_lost(waiting, queued, in_flight))
+            count = likely_lost(waiting, queued, in_flight, self._looks.get(q))
+            sent = self.transitions.resend_oldest(nodes, count) if count else []
+            looks[q] = QueueLook(max(0, waiting - queued - in_flight), queued, len(sent))
+            resent += sent
+        self._looks = looks
         return resent
+
     def heartbeat(self) -> None:
         """Record that a tick finished (on the ledger's clock); `exo-celery beat --check` reads it."""
         record_beat(
