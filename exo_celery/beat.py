@@ -69,11 +69,6 @@ def likely_lost(waiting: int, queued: int, in_flight: int, before: QueueLook | N
     return min(lost, before.lost)
 
 
-def queue_of(settings: Settings, namespace: str, node_name: str) -> str:
-    """The queue a node's messages go to (one place, so a per-node routing changes only this)."""
-    return queue_name(settings, namespace, node_name)
-
-
 def broker_load(app: Celery, queues: list[str], recent: float) -> dict[str, tuple[int, int]] | None:
     """(ready messages, delivered but unacknowledged messages) per queue, or None if the broker is unreachable.
 
@@ -189,8 +184,9 @@ class Beat:
         """Never-claimed states whose message the broker no longer holds, by `likely_lost`."""
         by_queue: dict[str, tuple[list[tuple[str, str]], int]] = {}
         for ns, node, count in self.transitions.waiting_unclaimed():
-            nodes, waiting = by_queue.get(queue_of(self.settings, ns, node), ([], 0))
-            by_queue[queue_of(self.settings, ns, node)] = ([*nodes, (ns, node)], waiting + count)
+            queue = queue_name(self.settings, ns, node)
+            nodes, waiting = by_queue.get(queue, ([], 0))
+            by_queue[queue] = ([*nodes, (ns, node)], waiting + count)
         if not by_queue:
             self._looks = {}
             return []

@@ -19,7 +19,7 @@ from .crypto import decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import BrokerUnavailable, ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
-from .ledger.db import translate_errors
+from .ledger.db import translate_errors, without_password
 from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, READY_TIMEOUT, subscribe
 from .ledger.repo import NewRun, Repo
@@ -82,11 +82,6 @@ def iso(ts: float | None) -> str | None:
 
 MAX_IDEMPOTENCY_KEY = 300
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _without_password(url: str) -> str:
-    """A URL with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 _Cls = TypeVar("_Cls", bound=type)
@@ -483,7 +478,7 @@ class StateManager:
         except Exception as exc:
             cause = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise BrokerUnavailable(
-                f"broker {_without_password(self.settings.broker)} cannot be used ({type(exc).__name__}: {cause}); "
+                f"broker {without_password(self.settings.broker)} cannot be used ({type(exc).__name__}: {cause}); "
                 "no run was written"
             ) from None
         self._broker_checked = True
@@ -501,17 +496,19 @@ class StateManager:
         "reason": "no live runtime serves node X", "states": 3}]`."""
         return await asyncio.to_thread(self.get_run_sync, run_id)
 
-    def _own_run(self, run_id: str) -> dict[str, Any]:
-        """The run row if it belongs to this client's namespace; another namespace's run is not found."""
-        run = self.repo.get_run(_check_id("run", run_id))
+    def _in_namespace(self, run: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+        """`run` if it belongs to this client's namespace; a missing run or another namespace's is not found."""
         if run is None or run["namespace"] != self.namespace:
             raise NotFoundError(f"run {run_id!r} does not exist in namespace {self.namespace!r}")
         return run
 
+    def _own_run(self, run_id: str) -> dict[str, Any]:
+        """The run row if it belongs to this client's namespace; another namespace's run is not found."""
+        return self._in_namespace(self.repo.get_run(_check_id("run", run_id)), run_id)
+
     def get_run_sync(self, run_id: str) -> dict[str, Any]:
-        run, counts = self.repo.run_with_counts(_check_id("run", run_id))
-        if run is None or run["namespace"] != self.namespace:
-            raise NotFoundError(f"run {run_id!r} does not exist in namespace {self.namespace!r}")
+        found, counts = self.repo.run_with_counts(_check_id("run", run_id))
+        run = self._in_namespace(found, run_id)
         view = self._run_view(run, counts)
         view["waiting"] = [
             {"node_name": node, "namespace": ns, "reason": waiting_reason(ns, node, run["namespace"]), "states": n}

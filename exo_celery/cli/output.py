@@ -101,15 +101,10 @@ def duration(seconds: float | None) -> str:
 
 
 def safe_url(url: str) -> str:
-    """A URL without its password."""
-    from sqlalchemy.engine import make_url
+    """A URL without its password (the ledger's one rule, imported late so the CLI starts without SQLAlchemy)."""
+    from ..ledger.db import without_password
 
-    if "://" not in url or "@" not in url:
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
+    return without_password(url)
 
 
 def waiting_lines(run: dict[str, Any]) -> list[str]:

@@ -42,6 +42,16 @@ def size_worker_pools(executions: int) -> None:
     _executions = max(1, executions)
 
 
+def without_password(url: str) -> str:
+    """A URL (ledger or broker) with its password replaced by ***, for messages and logs."""
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
+
+
 def ledger_name(url: str) -> str:
     """Which ledger a URL names, for messages: a SQLite file's path, else the URL without its password."""
     if url.startswith("sqlite"):
@@ -49,7 +59,7 @@ def ledger_name(url: str) -> str:
     try:
         return make_url(url).set(drivername=make_url(url).get_backend_name()).render_as_string(hide_password=True)
     except Exception:
-        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
+        return without_password(url)
 
 
 def _cause(exc: BaseException) -> str:
