@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: compare,wait,sql,embedded")
     parser.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
     parser.add_argument("--keep", action="store_true", help="keep the logs folder (printed at the end)")
+    parser.add_argument("--scale", action="store_true", help="then run bench.scale's cases (--quick passed on)")
     args = parser.parse_args(argv)
     cfg = Config(reps=args.reps or (1 if args.quick else 3))
     if args.quick:
@@ -652,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+    if args.scale:  # after this run has released the lock: bench.scale takes it in turn
+        from .scale import main as scale
+
+        return scale(["--quick"] if args.quick else [])
     return 0
 
 
