@@ -44,6 +44,7 @@ class Config:
     rate: float = 10.0  # one-node runs per second during the purge case
     window: float = 40.0  # seconds of the steady stream without a purge (before, and after each purge)
     phases: tuple[str, ...] = ("fan", "disk", "purge")
+    explain: bool = True  # after the purges, EXPLAIN ANALYZE one batch of the widest shape (rolled back)
 
 
 @dataclass
@@ -204,10 +205,11 @@ class Stream:
     def _run(self) -> None:
         next_at = time.monotonic()
         while not self._stop.is_set():
-            if self.phase != "idle":
+            phase = self.phase
+            if phase != "idle":
                 t0 = time.time()
                 run_id = self.manager.trigger_sync(self.graph)["run_id"]
-                self.runs.append((self.phase, run_id, t0, time.time() - t0))
+                self.runs.append((phase, run_id, t0, time.time() - t0))
             next_at = max(next_at + 1 / self.rate, time.monotonic())
             self._stop.wait(next_at - time.monotonic())
 
@@ -282,10 +284,10 @@ def purge(bench: Bench, exo: Exo, ledger: Ledger, cfg: Config, res: Results) -> 
             cutoff = time.time() - RETENTION
             states0 = int(ledger.query("SELECT count(*) FROM exo_states WHERE created_at < ?", cutoff)[0][0])
             stream.phase = f"{shape}: beat starting"
-            bench.extra_env = {"EXO_RETENTION_SECONDS": str(RETENTION)}
+            bench.extra_env["EXO_RETENTION_SECONDS"] = str(RETENTION)
             started, load0 = time.time(), loadavg()
             beat = bench.spawn([sys.executable, "-m", "exo_celery.cli", "beat", "--loglevel", "INFO"], "beat")
-            bench.extra_env = {}
+            del bench.extra_env["EXO_RETENTION_SECONDS"]
             first, last_full = None, started  # first poll that saw fewer runs; last poll that saw them all
             while True:
                 beat.check()
@@ -311,6 +313,7 @@ def purge(bench: Bench, exo: Exo, ledger: Ledger, cfg: Config, res: Results) -> 
                 "seconds_from_beat_start": ended - started,
                 "seconds_from_first_delete": ended - last_full,  # at most one poll (0.25 s + a count) more
                 "beat_purge_ticks": len(ticks),
+                "beat_purge_lines": ticks,
                 "loadavg": f"{load0} -> {loadavg()}",
             }
             log(
@@ -321,6 +324,8 @@ def purge(bench: Bench, exo: Exo, ledger: Ledger, cfg: Config, res: Results) -> 
             bench.stop(beat)
             beat = None
         stream.phase = "idle"
+        if cfg.explain:
+            explain(exo, ledger, cfg, res)
     finally:
         stream.close()
         if beat is not None:
@@ -331,6 +336,35 @@ def purge(bench: Bench, exo: Exo, ledger: Ledger, cfg: Config, res: Results) -> 
     ] and time.monotonic() < deadline:
         time.sleep(0.5)
     latencies(ledger, stream, res)
+
+
+def explain(exo: Exo, ledger: Ledger, cfg: Config, res: Results) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of one batch of `Repo.purge_finished_runs`' statements (rolled back),
+    on runs of the widest shape: where a batch's time goes."""
+    shape, width = cfg.shapes[-1]
+    _, template = exo.run_once(f"fan{width}", fan_graph(width))
+    per_run = int(ledger.query("SELECT count(*) FROM exo_states WHERE run_id = ?", template)[0][0])
+    copy_runs(ledger, template, max(1, cfg.purge_states // per_run), f"x{uuid.uuid4().hex[:6]}")
+    cutoff = time.time() - RETENTION
+    select = (
+        "SELECT id FROM exo_runs WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED') AND finished_at < "
+        f"{cutoff} LIMIT 500"
+    )
+    plans: dict[str, str] = {}
+    with ledger.conn.transaction(force_rollback=True):
+        ids = [r[0] for r in ledger.conn.execute(select).fetchall()]
+        inlist = ", ".join(f"'{i}'" for i in ids)
+        for name, sql in (
+            ("select runs", select),
+            ("delete exo_states", f"DELETE FROM exo_states WHERE run_id IN ({inlist})"),
+            ("delete exo_scopes", f"DELETE FROM exo_scopes WHERE run_id IN ({inlist})"),
+            ("delete exo_store", f"DELETE FROM exo_store WHERE run_id IN ({inlist})"),
+            ("delete exo_runs", f"DELETE FROM exo_runs WHERE id IN ({inlist})"),
+        ):
+            lines = [r[0] for r in ledger.conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").fetchall()]
+            plans[name] = "\n".join(line for line in lines if "'" not in line or len(line) < 200)
+            log(f"  EXPLAIN {name} ({len(ids)} runs of {per_run} rows): {lines[-1].strip()}")
+    res.figures["explain"] = {"shape": shape, "runs": len(ids), "rows_per_run": per_run, "plans": plans}
 
 
 # -- the table ------------------------------------------------------------------
@@ -422,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     flush_redis()
     database_url = create_database()
     log(f"database {database_url.rsplit('/', 1)[1]}, broker {REDIS_URL}, logs in {root}, load {loadavg()}")
-    bench = Bench(root / "pg", database_url, REDIS_URL, args.loglevel)
+    # A fan of 100,000 returns about 1.9 MB of outputs, over the default EXO_MAX_OUTPUT_BYTES (1 MiB).
+    bench = Bench(root / "pg", database_url, REDIS_URL, args.loglevel, extra_env={"EXO_MAX_OUTPUT_BYTES": str(2**26)})
     ledger = Ledger(database_url, bench.home)
     load0 = loadavg()
     try:
