@@ -306,3 +306,12 @@ class Ledger:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def tear_down(bench: Bench, ledger: Ledger, database_url: str, lock: RunLock) -> None:
+    """What every bench entry does last: stop its processes, drop its database, empty its Redis database, unlock."""
+    ledger.close()
+    bench.stop_all()
+    drop_database(database_url)
+    flush_redis()
+    lock.release()

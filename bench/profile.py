@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from .cases import Exo, Plain, fan_graph, one_graph
-from .harness import REDIS_URL, Bench, Ledger, RunLock, create_database, drop_database, flush_redis
+from .harness import REDIS_URL, Bench, Ledger, RunLock, create_database, flush_redis, tear_down
 
 # Resource buckets: the innermost frame matching a pattern decides ("function (file:line)").
 RESOURCES: list[tuple[str, str]] = [
@@ -292,11 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(raw stacks: {raw})")
             print()
     finally:
-        ledger.close()
-        bench.stop_all()
-        drop_database(database_url)
-        flush_redis()
-        lock.release()
+        tear_down(bench, ledger, database_url, lock)
     return 0
 
 

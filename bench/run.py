@@ -35,8 +35,8 @@ from .harness import (
     RunLock,
     WorkerDied,
     create_database,
-    drop_database,
     flush_redis,
+    tear_down,
 )
 from .sqlcount import read_totals
 from .user import UserExo, UserPlain, start_plain_default_worker, wait_lags
@@ -627,11 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             embedded(cfg, res, root, args.loglevel)
     finally:
         foreign = load.close()
-        ledger.close()
-        bench.stop_all()
-        drop_database(database_url)
-        flush_redis()
-        lock.release()
+        tear_down(bench, ledger, database_url, lock)
     elapsed = time.monotonic() - started
     res.info["elapsed_s"] = round(elapsed, 1)
     res.info["foreign_cpu_share"] = round(foreign, 3)

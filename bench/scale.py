@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .cases import Exo, fan_graph, one_graph
-from .harness import REDIS_URL, Bench, Ledger, Proc, RunLock, create_database, drop_database, flush_redis
+from .harness import REDIS_URL, Bench, Ledger, Proc, RunLock, create_database, flush_redis, tear_down
 
 LEDGER_TABLES = ("exo_states", "exo_scopes", "exo_runs", "exo_store")
 RETENTION = 3600.0  # beat's EXO_RETENTION_SECONDS in the purge case; the copied runs finished 2 days ago
@@ -471,11 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         if "purge" in cfg.phases:
             purge(bench, exo, ledger, cfg, res)
     finally:
-        ledger.close()
-        bench.stop_all()
-        drop_database(database_url)
-        flush_redis()
-        lock.release()
+        tear_down(bench, ledger, database_url, lock)
     from .run import _commit
 
     elapsed = time.monotonic() - started
