@@ -315,3 +315,13 @@ def tear_down(bench: Bench, ledger: Ledger, database_url: str, lock: RunLock) ->
     drop_database(database_url)
     flush_redis()
     lock.release()
+
+
+def markdown_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Rows as a markdown table with padded columns (what every bench entry prints)."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    return "\n".join(lines)

@@ -36,6 +36,7 @@ from .harness import (
     WorkerDied,
     create_database,
     flush_redis,
+    markdown_table,
     tear_down,
 )
 from .sqlcount import read_totals
@@ -413,12 +414,7 @@ def table(res: Results, cfg: Config) -> str:
          "-", f"worker crashed {crashes}x" if crashes else "", "<= 50 ms", verdict(e, lambda v: v <= 0.050))
     )  # fmt: skip
     head = ("case", "exo_celery", "plain Celery", "ratio", "target", "")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(6)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
-    return "\n".join(lines)
+    return markdown_table(head, rows)
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:

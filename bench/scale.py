@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .cases import Exo, fan_graph, one_graph
-from .harness import REDIS_URL, Bench, Ledger, Proc, RunLock, create_database, flush_redis, tear_down
+from .harness import REDIS_URL, Bench, Ledger, Proc, RunLock, create_database, flush_redis, markdown_table, tear_down
 
 LEDGER_TABLES = ("exo_states", "exo_scopes", "exo_runs", "exo_store")
 RETENTION = 3600.0  # beat's EXO_RETENTION_SECONDS in the purge case; the copied runs finished 2 days ago
@@ -140,6 +140,9 @@ def disk(ledger: Ledger, res: Results) -> None:
     rows, executed = ledger.query(
         "SELECT count(*), sum(CASE WHEN execution_id IS NULL THEN 1 ELSE 0 END) FROM exo_states"
     )[0]
+    if not rows:
+        log("disk: the ledger holds no states to measure (run it after the fan phase: --only fan,disk)")
+        return
     out: dict[str, Any] = {"state_rows": int(rows), "executed_states": int(executed)}
     out["as_left"] = sizes(ledger)
     for table in LEDGER_TABLES:
@@ -417,12 +420,7 @@ def table(res: Results, cfg: Config) -> str:
                              f"{s['runs']} runs" + (f", {s['unfinished']} unfinished" if s["unfinished"] else ""),
                              ""))  # fmt: skip
     head = ("case", "value", "target / note", "")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
-    return "\n".join(lines)
+    return markdown_table(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
