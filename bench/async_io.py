@@ -41,13 +41,10 @@ from .harness import (
     create_database,
     drop_database,
     flush_redis,
+    log,
 )
 
 NODES = "bench.io_nodes:NODES"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def graph(count: int, seconds: float) -> list[GraphNodeModel]:

@@ -7,8 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,3 +327,34 @@ def markdown_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
     return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    """A timestamped progress line on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Peak:
+    """The peak of `sample()` (bytes) every 0.1 s, since the start or the last `reset()`."""
+
+    def __init__(self, sample: Callable[[], int]) -> None:
+        self.sample = sample
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(0.1)
+
+    def reset(self) -> None:
+        self.peak = self.sample()
+
+    def read(self) -> int:
+        return max(self.peak, self.sample())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -31,11 +31,13 @@ from .harness import (
     REDIS_URL,
     Bench,
     Ledger,
+    Peak,
     Proc,
     RunLock,
     WorkerDied,
     create_database,
     flush_redis,
+    log,
     markdown_table,
     tear_down,
 )
@@ -77,10 +79,6 @@ class Results:
         exo, plain = self.samples.get(f"{key}.exo", []), self.samples.get(f"{key}.plain", [])
         pairs = [e / p for e, p in zip(exo, plain, strict=False) if p]
         return statistics.median(pairs) if pairs else None
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- phases ---------------------------------------------------------------------
@@ -260,24 +258,15 @@ def waiting(sides: Sides, cfg: Config, res: Results) -> None:
     )
 
 
-class RssTracker:
+class RssTracker(Peak):
     """Samples a worker's RSS (main + pool children) every 0.1 s; checkpoints note the peak so far."""
 
     def __init__(self, proc: Proc) -> None:
-        self.proc = proc
-        self.peak = 0
         self.checkpoints: list[tuple[int, int]] = []  # (states executed so far, peak RSS so far in bytes)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.rss())
-            self._stop.wait(0.1)
+        super().__init__(proc.rss)
 
     def checkpoint(self, states: int) -> None:
-        self.peak = max(self.peak, self.proc.rss())
+        self.peak = self.read()
         self.checkpoints.append((states, self.peak))
 
     def at(self, mark: int) -> tuple[int, int] | None:
@@ -286,10 +275,6 @@ class RssTracker:
             if states >= mark:
                 return states, peak
         return self.checkpoints[-1] if self.checkpoints else None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def embedded(cfg: Config, res: Results, root: Path, loglevel: str) -> None:

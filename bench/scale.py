@@ -23,13 +23,24 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cases import Exo, fan_graph, one_graph
-from .harness import REDIS_URL, Bench, Ledger, Proc, RunLock, create_database, flush_redis, markdown_table, tear_down
+from .harness import (
+    REDIS_URL,
+    Bench,
+    Ledger,
+    Peak,
+    Proc,
+    RunLock,
+    create_database,
+    flush_redis,
+    log,
+    markdown_table,
+    tear_down,
+)
 
 LEDGER_TABLES = ("exo_states", "exo_scopes", "exo_runs", "exo_store")
 RETENTION = 3600.0  # beat's EXO_RETENTION_SECONDS in the purge case; the copied runs finished 2 days ago
@@ -52,39 +63,9 @@ class Results:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def loadavg() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
-
-
-class Peak:
-    """The peak of `sample()` (bytes) every 0.1 s, since the last `reset()`."""
-
-    def __init__(self, sample: Callable[[], int]) -> None:
-        self.sample = sample
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
-            self._stop.wait(0.1)
-
-    def reset(self) -> None:
-        self.peak = self.sample()
-
-    def read(self) -> int:
-        return max(self.peak, self.sample())
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def own_rss() -> int:
