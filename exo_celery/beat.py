@@ -26,6 +26,7 @@ from .client import StateManager
 from .cron import fire_times
 from .engine import CompiledGraph
 from .errors import ExoError
+from .ledger import clock
 from .ledger.heartbeats import record_beat
 from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
@@ -131,13 +132,13 @@ class Beat:
         self.transitions = Transitions(
             self.settings.ledger_url, self.settings.lease_seconds, self.settings.max_countdown, worker=True
         )
-        self.cron_checked = time.time()
+        self.cron_checked = clock.now(self.settings.ledger_url)
         self._graphs: dict[tuple[str, str, int], CompiledGraph] = {}
         self._last_sweep = 0.0
         self._last_purge = 0.0
         self._managers: dict[str, StateManager] = {}
         self.name = default_beat_name()  # the heartbeat row this process refreshes
-        self.started_at = time.time()
+        self.started_at = clock.now(self.settings.ledger_url)
         self._looks: dict[str, QueueLook] = {}  # the previous sweep's view of each queue
 
     @property
@@ -146,8 +147,8 @@ class Beat:
         return min(self.settings.max_countdown, 2 * self.settings.sweep_interval)
 
     def tick(self) -> float:
-        """Run whatever is due now; returns seconds until the next tick."""
-        now = time.time()
+        """Run whatever is due now (on the ledger's clock); returns seconds until the next tick."""
+        now = clock.now(self.settings.ledger_url)
         self.fire_crons(now)
         if now - self._last_sweep >= self.settings.sweep_interval:
             self._last_sweep = now

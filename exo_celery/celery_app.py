@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from celery import Celery
 from kombu import Exchange, Queue
 
+from .ledger import clock
 from .ledger.transitions import Dispatch
 from .settings import Settings
 
@@ -130,7 +131,9 @@ def publish(app: Celery, settings: Settings, dispatches: Iterable[Dispatch]) -> 
 
 
 def _send(app: Celery, settings: Settings, items: list[Dispatch]) -> None:
-    now = time.time()
+    # Due times are on the ledger's clock; the countdown is relative, so the receiving worker's own clock
+    # only decides when the message is delivered, and the claim (on the ledger's clock) whether it may run.
+    now = clock.now(settings.ledger_url)
     with app.producer_or_acquire() as producer, producer.batch() if len(items) > 1 else nullcontext():
         for d in items:
             countdown = d.due_at - now

@@ -19,6 +19,7 @@ from .crypto import decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
 from .errors import BrokerUnavailable, ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
 from .graph import GraphTemplate, parse_graph_parts
+from .ledger import clock
 from .ledger.db import translate_errors, without_password
 from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, READY_TIMEOUT, subscribe
@@ -400,7 +401,7 @@ class StateManager:
                 root = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store, rules)
             except PlanError as exc:
                 raise TriggerError(f"cannot trigger graph {graph_name!r}: {exc}") from exc
-            now = time.time()
+            now = clock.now(self.settings.ledger_url)
             due_at = now + start_delay / 1000.0
             if due_at - now > self.settings.max_countdown:
                 root.status = StateStatus.CREATED
@@ -442,7 +443,8 @@ class StateManager:
                 f"run {row['id']} of graph {row['graph_name']!r}"
             )
         root = self.repo.waiting_state(row["id"], self._load_graph(graph_name, row["graph_version"]).topology.root)
-        if root is not None and (root["dispatched_at"] or 0) < time.time() - self.settings.lease_seconds:
+        sent_long_ago = clock.now(self.settings.ledger_url) - self.settings.lease_seconds
+        if root is not None and (root["dispatched_at"] or 0) < sent_long_ago:
             # Its first publish may have failed: a repeated trigger sends it again (a duplicate is harmless).
             self._publish(
                 [

@@ -17,11 +17,13 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigError, LedgerUnavailable
 
 _engines: dict[tuple[int, str, bool, bool], Engine] = {}
 _ready: set[tuple[int, str]] = set()  # (pid, url) of ledgers this process migrated or found current
+_bare: dict[tuple[int, str, str], Engine] = {}
 _lock = threading.Lock()
 
 WORKER_APPLICATION_NAME = "exo_celery worker"  # what pg_stat_activity shows for a worker's connections
@@ -150,6 +152,17 @@ def get_engine(url: str, *, worker: bool = False, autocommit: bool = False, migr
             else:
                 _check_schema(engine, url)
             _ready.add(ready)
+    return engine
+
+
+def bare_engine(url: str) -> Engine:
+    """A PostgreSQL engine holding no idle connection, for statements that need no schema (the ledger's
+    clock): nothing is created, migrated or checked, and a read-only command stays read-only."""
+    key = (os.getpid(), url, "bare")
+    engine = _bare.get(key)
+    if engine is None:
+        target, _ = pgbouncer_url(url)
+        engine = _bare.setdefault(key, create_engine(target, poolclass=NullPool))
     return engine
 
 

@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Engine, create_engine, inspect, literal_column, select
+from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import NullPool
 
+from .clock import ledger_now
 from .db import get_engine, is_postgres
 from .tables import heartbeats
-
-# The database's clock in epoch seconds: a beat and its check may run on hosts whose clocks differ.
-_POSTGRES_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
-_SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-
-
-def ledger_now(url: str) -> Any:
-    """A SQL expression for the ledger's current time (epoch seconds)."""
-    return literal_column(_POSTGRES_NOW if is_postgres(url) else _SQLITE_NOW)
 
 
 def record_beat(url: str, name: str, host: str, pid: int, started_at: float, sweep_interval: float) -> None:
     """Insert or refresh the heartbeat row of beat `name` (one statement, safe to repeat)."""
-    now = ledger_now(url)
+    now = ledger_now()
     values = {
         "name": name,
         "host": host,
@@ -74,7 +65,7 @@ def last_beat(url: str, name: str | None = None) -> LastBeat | None:
         with engine.connect() as conn:
             if not inspect(conn).has_table(heartbeats.name):
                 raise NoHeartbeatTable(heartbeats.name)
-            age = (ledger_now(url) - heartbeats.c.beat_at).label("age")
+            age = (ledger_now() - heartbeats.c.beat_at).label("age")
             query = select(heartbeats.c.name, heartbeats.c.host, heartbeats.c.pid, heartbeats.c.sweep_interval, age)
             if name is not None:
                 query = query.where(heartbeats.c.name == name)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ..crypto import decrypt_secrets, key_fingerprint
 from ..errors import ConfigError
+from .clock import ledger_now
 from .db import get_engine
 from .tables import graphs, meta
 
@@ -50,7 +49,7 @@ def check_secrets_key(url: str, key: bytes) -> None:
                 ) from None
         try:
             with get_engine(url).begin() as conn:
-                conn.execute(insert(meta).values(key=FINGERPRINT, value=fingerprint, updated_at=time.time()))
+                conn.execute(insert(meta).values(key=FINGERPRINT, value=fingerprint, updated_at=ledger_now()))
             return
         except IntegrityError:  # another process recorded it first: compare with theirs
             stored = read_meta(url, FINGERPRINT)

@@ -6,13 +6,13 @@ not 5,000 rows shipped to Python.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, Table, and_, case, func, inspect, select, union
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..status import ACTIVE_STATES, FAILED_STATES, StateStatus
+from .clock import ledger_now
 from .db import get_engine
 from .tables import graphs, nodes, runs, scopes, states, store
 
@@ -141,7 +141,7 @@ class Queries:
 
     def node_summary(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Per template identifier: counts by status, first start, last update, and what waits for when."""
-        now = time.time()
+        now = ledger_now()
         q = (
             select(
                 states.c.identifier,

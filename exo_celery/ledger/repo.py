@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from ..engine import NewState
 from ..errors import NotFoundError
 from ..status import TERMINAL_RUNS, RunStatus, StateStatus
+from . import clock
 from .db import get_engine, is_postgres
 from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
 from .tables import graphs, nodes, runs, scopes, states, store
@@ -118,7 +118,7 @@ class Repo:
     # -- nodes -----------------------------------------------------------
     def register_nodes(self, namespace: str, schemas: dict[str, dict[str, Any]], runtime_name: str) -> None:
         """Record (or refresh) the schemas of the nodes a worker serves."""
-        now = time.time()
+        now = clock.now(self.url)
         with self.engine.begin() as conn:
             for name, schema in schemas.items():
                 found = conn.execute(
@@ -188,7 +188,7 @@ class Repo:
                                 version=version,
                                 template=template,
                                 secrets_cipher=secrets_cipher,
-                                updated_at=time.time(),
+                                updated_at=clock.now(self.url),
                             )
                         )
                     return version
@@ -260,7 +260,7 @@ class Repo:
             conn.commit()  # `prepare` may read the ledger too, and SQLite allows one writer
             run = prepare(version)
             conn.begin()
-            now = time.time()
+            now = clock.now(self.url)
             run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
             if cron_key is None and idempotency_key is None:
                 conn.execute(INSERT_RUN, run_row)
@@ -329,7 +329,7 @@ class Repo:
         idempotency_key: str | None = None,
     ) -> str:
         """ "inserted", "stale" (a newer version exists) or "duplicate" (the cron or idempotency key was used)."""
-        now = time.time()
+        now = clock.now(self.url)
         run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
         params = {f"r_{k}": v for k, v in run_row.items()}
         params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})

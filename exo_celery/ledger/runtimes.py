@@ -5,7 +5,7 @@ queues it consumes, and refreshes `heartbeat_at` every `stale_after / 3` seconds
 its heartbeat is younger than its own `stale_after` (its EXO_LEASE_SECONDS, stored in its row, so a
 reader with other settings judges it the same way) and it has not stopped: a clean stop marks it
 stopped at once, a killed one goes stale. Every time here is the ledger's clock
-(`epoch_now()`), so runtimes on hosts with skewed clocks still agree.
+(`ledger_now()`), so runtimes on hosts with skewed clocks still agree.
 
 `live_runtime_serves` is the one definition of "a live runtime serves this state's node": reads
 (`waiting_nodes`) and beat's sweep use it alike.
@@ -13,16 +13,14 @@ stopped at once, a killed one goes stale. Every time here is the ledger's clock
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Float, and_, delete, exists, func, insert, select, update
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
 
 from ..status import StateStatus
+from .clock import ledger_now
 from .db import get_engine
 from .tables import runtime_nodes, runtimes, states
 
@@ -30,25 +28,8 @@ PURGE_AFTER = 24 * 3600.0  # rows of runtimes stopped or stale this long are del
 WAITING_STATUSES = (StateStatus.QUEUED.value, StateStatus.CREATED.value)
 
 
-class epoch_now(FunctionElement[float]):
-    """The database's clock as UTC epoch seconds (PostgreSQL `statement_timestamp()`, SQLite `julianday`)."""
-
-    type = Float()
-    inherit_cache = True
-
-
-@compiles(epoch_now, "postgresql")
-def _epoch_now_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
-    return "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION)"
-
-
-@compiles(epoch_now)
-def _epoch_now_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
-    return "((julianday('now') - 2440587.5) * 86400.0)"
-
-
 def _live() -> ColumnElement[bool]:
-    return and_(runtimes.c.stopped_at.is_(None), runtimes.c.heartbeat_at + runtimes.c.stale_after >= epoch_now())
+    return and_(runtimes.c.stopped_at.is_(None), runtimes.c.heartbeat_at + runtimes.c.stale_after >= ledger_now())
 
 
 def live_runtime_serves(
@@ -61,7 +42,7 @@ def live_runtime_serves(
     """
     conditions = [runtime_nodes.c.namespace == namespace, runtime_nodes.c.node_name == node_name, _live()]
     if for_at_least > 0:
-        conditions.append(runtimes.c.started_at <= epoch_now() - for_at_least)
+        conditions.append(runtimes.c.started_at <= ledger_now() - for_at_least)
     return exists(
         select(runtime_nodes.c.runtime_id)
         .join(runtimes, runtimes.c.id == runtime_nodes.c.runtime_id)
@@ -91,7 +72,7 @@ class Runtimes:
         """Record a runtime that starts consuming the queues of `nodes` (safe to repeat for the same id)."""
         served = sorted(set(nodes))
         with get_engine(self.url).begin() as conn:
-            now = conn.execute(select(epoch_now())).scalar_one()
+            now = conn.execute(select(ledger_now())).scalar_one()
             conn.execute(delete(runtime_nodes).where(runtime_nodes.c.runtime_id == runtime_id))
             conn.execute(delete(runtimes).where(runtimes.c.id == runtime_id))
             conn.execute(
@@ -120,7 +101,7 @@ class Runtimes:
             found = conn.execute(
                 update(runtimes)
                 .where(runtimes.c.id == runtime_id, runtimes.c.stopped_at.is_(None))
-                .values(heartbeat_at=epoch_now())
+                .values(heartbeat_at=ledger_now())
             ).rowcount
         return bool(found)
 
@@ -130,7 +111,7 @@ class Runtimes:
             conn.execute(
                 update(runtimes)
                 .where(runtimes.c.id == runtime_id, runtimes.c.stopped_at.is_(None))
-                .values(stopped_at=epoch_now())
+                .values(stopped_at=ledger_now())
             )
 
     def _purge(self, conn: Connection, now: float) -> None:
@@ -142,7 +123,7 @@ class Runtimes:
     # -- reads --------------------------------------------------------------
     def list_runtimes(self, namespace: str | None = None) -> list[dict[str, Any]]:
         """Runtimes registered in the last day (newest first), each with `nodes`, `live` and `heartbeat_age`."""
-        age = (epoch_now() - runtimes.c.heartbeat_at).label("heartbeat_age")
+        age = (ledger_now() - runtimes.c.heartbeat_at).label("heartbeat_age")
         q = select(runtimes, _live().label("live"), age)
         if namespace is not None:
             q = q.where(runtimes.c.namespace == namespace)
@@ -191,7 +172,7 @@ class Runtimes:
                     lease_token=None,
                     lease_until=None,
                     attempts=states.c.attempts - 1,
-                    dispatched_at=time.time(),
+                    dispatched_at=ledger_now(),
                 )
             ).rowcount
         return bool(found)

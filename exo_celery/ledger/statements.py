@@ -15,6 +15,7 @@ from sqlalchemy import JSON, bindparam, case, exists, func, insert, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..status import RunStatus, StateStatus
+from .clock import ledger_now
 from .notify import notify_run_ended
 from .tables import graphs, runs, scopes, states, store
 
@@ -26,8 +27,9 @@ def _claim(with_namespace: bool) -> Any:
     conditions = [
         states.c.id == bindparam("p_id"),
         states.c.status == QUEUED,
-        states.c.due_at <= bindparam("p_latest"),
-        or_(states.c.lease_until.is_(None), states.c.lease_until < bindparam("p_now")),
+        # Times on the ledger's clock (issue 17): a host whose own clock runs ahead cannot take a lease early.
+        states.c.due_at <= ledger_now() + bindparam("p_early", type_=states.c.due_at.type),
+        or_(states.c.lease_until.is_(None), states.c.lease_until < ledger_now()),
         # A scalar subquery, not NOT EXISTS: the run is found by its key even in a generic plan.
         select(runs.c.status)
         .where(runs.c.id == states.c.run_id)
@@ -41,10 +43,10 @@ def _claim(with_namespace: bool) -> Any:
         .where(*conditions)
         .values(
             lease_token=bindparam("p_token"),
-            lease_until=bindparam("p_lease_until"),
+            lease_until=ledger_now() + bindparam("p_lease_seconds", type_=states.c.lease_until.type),
             attempts=states.c.attempts + 1,
-            started_at=bindparam("p_now"),
-            updated_at=bindparam("p_now"),
+            started_at=ledger_now(),
+            updated_at=ledger_now(),
         )
         .returning(*states.c)
     )
@@ -61,7 +63,7 @@ def _start_run(run_id: Any) -> Any:
     return (
         update(runs)
         .where(runs.c.id == run_id, runs.c.status == RunStatus.PENDING.value)
-        .values(status=RunStatus.RUNNING.value, started_at=bindparam("p_now"))
+        .values(status=RunStatus.RUNNING.value, started_at=ledger_now())
     )
 
 
@@ -153,7 +155,7 @@ MOVE_SCOPE = _move_scope()
 def _move_run(after: Any = None, notify: bool = False) -> Any:
     active = runs.c.status.in_(_ACTIVE_RUN)
     ends = active & (runs.c.outstanding + bindparam("p_delta") <= 0)
-    now = bindparam("p_now", type_=runs.c.finished_at.type)
+    now = ledger_now()
     statement = update(runs).where(runs.c.id == bindparam("p_run"))
     if after is not None:
         statement = statement.where(runs.c.id == after.c.run_id)
@@ -169,7 +171,7 @@ def _move_run(after: Any = None, notify: bool = False) -> Any:
     )
     if not notify:
         return statement.returning(runs.c.status)
-    # RETURNING sees the new row only: the run ended here if it finished at this statement's p_now
+    # RETURNING sees the new row only: the run ended here if it finished at this statement's time
     # (a run finished earlier, by another process, has another finished_at). A rare duplicate
     # notification would be harmless: waiters re-read the run.
     moved = statement.returning(runs.c.id, runs.c.status, runs.c.finished_at).cte("moved_run")

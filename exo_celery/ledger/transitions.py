@@ -7,7 +7,6 @@ worker that lost its lease, stops quietly.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,8 @@ from ..engine import (
 from ..errors import NotFoundError, StateError
 from ..status import FAILED_STATES, RunStatus, StateStatus
 from ..topology import Barrier
+from . import clock
+from .clock import ledger_now
 from .db import get_engine, is_postgres
 from .notify import notify_run_ended
 from .repo import outputs_of, state_values
@@ -128,19 +129,21 @@ class Transitions:
         """QUEUED (sent now, with a countdown) when due soon enough; else CREATED (beat releases it)."""
         return S.QUEUED if due_at - now <= self.max_countdown else S.CREATED
 
+    def now(self) -> float:
+        """The ledger's time (`clock.now`): what this process writes as a timestamp or a due time."""
+        return clock.now(self.url)
+
     # -- claiming ---------------------------------------------------------
     def claim(self, state_id: str, token: str, namespace: str | None = None) -> tuple[str, dict[str, Any] | None]:
         """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None).
 
         With `namespace`, only a state of that namespace is claimed (a misrouted message is ignored).
         """
-        now = time.time()
         params = {
             "p_id": state_id,
-            "p_latest": now + EARLY_TOLERANCE,
-            "p_now": now,
+            "p_early": EARLY_TOLERANCE,
             "p_token": token,
-            "p_lease_until": now + self.lease_seconds,
+            "p_lease_seconds": self.lease_seconds,
             "p_namespace": namespace,
         }
         with self._autocommit_connection() as conn:
@@ -149,17 +152,18 @@ class Transitions:
             else:
                 row = conn.execute(CLAIM if namespace is None else CLAIM_IN_NAMESPACE, params).mappings().first()
                 if row is not None and not row["parents"]:
-                    conn.execute(START_RUN, {"p_run": row["run_id"], "p_now": now})
+                    conn.execute(START_RUN, {"p_run": row["run_id"]})
             if row is not None:
                 conn.commit()
                 return "claimed", dict(row)
-            current = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
+            found = conn.execute(select(states, ledger_now().label("ledger_now")).where(states.c.id == state_id))
+            current = found.mappings().first()
             if current is not None and current["status"] in (S.QUEUED.value, S.CREATED.value):
-                if self._cancelled_run(conn, dict(current), now):
+                if self._cancelled_run(conn, dict(current)):
                     conn.commit()
                     return "skip", None
-        if current is not None and current["status"] == S.QUEUED.value and current["due_at"] > now:
-            return "early", dict(current)
+        if current is not None and current["status"] == S.QUEUED.value and current["due_at"] > current["ledger_now"]:
+            return "early", {k: v for k, v in current.items() if k != "ledger_now"}
         return "skip", None
 
     def _autocommit_connection(self) -> Connection:
@@ -168,7 +172,7 @@ class Transitions:
         On SQLite, an ordinary connection (it begins IMMEDIATE on first use)."""
         return get_engine(self.url, worker=self.worker, autocommit=True).connect()
 
-    def _cancelled_run(self, conn: Connection, row: dict[str, Any], now: float) -> bool:
+    def _cancelled_run(self, conn: Connection, row: dict[str, Any]) -> bool:
         """True (and the state CANCELLED) when the state's run was cancelled while it waited."""
         status = conn.execute(select(runs.c.status).where(runs.c.id == row["run_id"])).scalar()
         if status != RunStatus.CANCELLED.value:
@@ -176,7 +180,7 @@ class Transitions:
         conn.execute(
             update(states)
             .where(states.c.id == row["id"])
-            .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=now)
+            .values(status=S.CANCELLED.value, lease_token=None, lease_until=None, updated_at=ledger_now())
         )
         return True
 
@@ -201,7 +205,7 @@ class Transitions:
                     states.c.lease_token.in_(list(leases.values())),
                     states.c.status == S.QUEUED.value,
                 )
-                .values(lease_until=time.time() + self.lease_seconds)
+                .values(lease_until=ledger_now() + self.lease_seconds)
             )
 
     def lost_leases(self, leases: dict[str, str]) -> set[str]:
@@ -224,7 +228,7 @@ class Transitions:
             return Completion(None, [], [])
 
     def _complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
-        now = time.time()
+        now = self.now()
         topo = graph.topology
         ident = row["identifier"]
         values: dict[str, Any] = {"lease_token": None, "lease_until": None, "updated_at": now}
@@ -371,9 +375,7 @@ class Transitions:
             if run_delta or run_failed or created or fired:
                 # Locking the run row here orders this commit against a concurrent cancel: either
                 # cancel sees these new states, or this sees the run CANCELLED and cancels them.
-                moved = finish.move(
-                    conn, "run", {"p_run": row["run_id"], "p_delta": run_delta, "p_failed": run_failed, "p_now": now}
-                )
+                moved = finish.move(conn, "run", {"p_run": row["run_id"], "p_delta": run_delta, "p_failed": run_failed})
                 if moved is not None and moved.status == RunStatus.CANCELLED.value:
                     new_ids = [x.id for x in (*created, *fired)]
                     conn.execute(
@@ -467,16 +469,16 @@ class Transitions:
                 S.ERRORED,
                 fingerprint=sid,
             )
-            if _insert_unique(conn, state, row, error=f"inputs could not be resolved: {exc}"):
+            if _insert_unique(conn, state, row, self.now(), error=f"inputs could not be resolved: {exc}"):
                 fired_errors.append(state)
             return
-        if _insert_unique(conn, state, row):
+        if _insert_unique(conn, state, row, self.now()):
             fired.append(state)
 
     # -- operator actions ---------------------------------------------------
     def manual_retry(self, state_id: str) -> tuple[dict[str, Any], list[Dispatch]]:
         """Retry an ERRORED (or NEXT_CREATED_ERROR / CANCELLED) state; repeating it returns the same retry."""
-        now = time.time()
+        now = self.now()
         with self.engine.begin() as conn:
             row = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
             if row is None:
@@ -537,7 +539,7 @@ class Transitions:
     def cancel(self, run_id: str) -> dict[str, Any]:
         """Cancel a run: its waiting and executing states become CANCELLED (executing ones lose their lease,
         which their worker notices and stops the node; whatever they return is not recorded)."""
-        now = time.time()
+        now = ledger_now()
         with self.engine.begin() as conn:
             run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
             if run is None:
@@ -568,15 +570,14 @@ class Transitions:
     # -- beat ---------------------------------------------------------------
     def release_due(self, horizon: float, limit: int = 2000) -> list[Dispatch]:
         """Move CREATED states due within `horizon` seconds to QUEUED; returns them to publish."""
-        now = time.time()
+        now = ledger_now()
         ids = (
             select(states.c.id).where(states.c.status == S.CREATED.value, states.c.due_at <= now + horizon).limit(limit)
         )
         return self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(ids.scalar_subquery()), states.c.status == S.CREATED.value)
-            .values(status=S.QUEUED.value, dispatched_at=now, updated_at=now),
-            now,
+            .values(status=S.QUEUED.value, dispatched_at=now, updated_at=now)
         )
 
     def recover(self, limit: int = 2000) -> list[Dispatch]:
@@ -585,19 +586,18 @@ class Transitions:
         States never claimed are not re-sent here: whether their message is lost depends on what the
         broker still holds (`waiting_unclaimed` and `resend_oldest`, driven by beat's sweep).
         """
-        now = time.time()
+        now = ledger_now()
         expired = select(states.c.id).where(states.c.status == S.QUEUED.value, states.c.lease_until < now).limit(limit)
         return self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(expired.scalar_subquery()), states.c.lease_until < now)
-            .values(lease_token=None, lease_until=None, dispatched_at=now),
-            now,
+            .values(lease_token=None, lease_until=None, dispatched_at=now)
         )
 
     def waiting_unclaimed(self) -> list[tuple[str, str, int]]:
         """(namespace, node_name, count) of QUEUED states never claimed and due: their messages should be
         in the broker (queued or delivered and not yet claimed), or they are lost."""
-        now = time.time()
+        now = ledger_now()
         waiting = (
             select(states.c.namespace, states.c.node_name, func.count())
             .where(states.c.status == S.QUEUED.value, states.c.lease_until.is_(None), states.c.due_at <= now)
@@ -612,7 +612,7 @@ class Transitions:
         skipping any dispatched or due less than a lease ago."""
         if count <= 0 or not nodes:
             return []
-        now = time.time()
+        now = ledger_now()
         stale = now - self.lease_seconds
         oldest = (
             select(states.c.id, states.c.dispatched_at, states.c.due_at)
@@ -633,11 +633,10 @@ class Transitions:
         return self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(chosen.scalar_subquery()), states.c.lease_until.is_(None))
-            .values(dispatched_at=now),
-            now,
+            .values(dispatched_at=now)
         )
 
-    def _mark_dispatched(self, statement: Any, now: float) -> list[Dispatch]:
+    def _mark_dispatched(self, statement: Any) -> list[Dispatch]:
         with self.engine.begin() as conn:
             rows = (
                 conn.execute(
@@ -685,11 +684,12 @@ def _insert_states(conn: Connection, new: list[NewState], row: dict[str, Any], n
         conn.execute(INSERT_STATES, [state_values(s, row, now, due_at) for s in new])
 
 
-def _insert_unique(conn: Connection, state: NewState, row: dict[str, Any], error: str | None = None) -> bool:
+def _insert_unique(
+    conn: Connection, state: NewState, row: dict[str, Any], now: float, error: str | None = None
+) -> bool:
     """Insert a barrier state unless its fingerprint exists already (a race lost)."""
     from sqlalchemy.exc import IntegrityError
 
-    now = time.time()
     values = state_values(state, row, now, now)
     values["error"] = error
     try:
