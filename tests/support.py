@@ -159,12 +159,15 @@ class Stack:
     def manager(self, namespace: str, **overrides: Any) -> StateManager:
         return StateManager(namespace, settings=self.settings(**overrides), validation_timeout=30)
 
-    def _spawn(self, argv: list[str], label: str, env: dict[str, str] | None) -> Proc:
+    def _spawn(
+        self, argv: list[str], label: str, env: dict[str, str] | None, wrap: list[str] | None = None
+    ) -> Proc:
+        """Start `exo-celery <argv>`, under the command `wrap` if given (e.g. faketime)."""
         log = self.home / f"{label}-{uuid.uuid4().hex[:6]}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "exo_celery.cli", *argv],
+                [*(wrap or []), sys.executable, "-m", "exo_celery.cli", *argv],
                 cwd=ROOT,
                 env={**self.env, **(env or {})},
                 stdout=out,
@@ -183,6 +186,7 @@ class Stack:
         env: dict[str, str] | None = None,
         pool: str = "prefork",
         wait: bool = True,
+        wrap: list[str] | None = None,
     ) -> Proc:
         argv = [
             "worker",
@@ -199,13 +203,13 @@ class Stack:
             "--loglevel",
             "INFO",
         ]
-        proc = self._spawn(argv, f"worker-{namespace}", env)
+        proc = self._spawn(argv, f"worker-{namespace}", env, wrap)
         if wait:
             proc.wait_for(" ready.")
         return proc
 
-    def start_beat(self, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
-        proc = self._spawn(["beat", "--loglevel", "INFO"], "beat", env)
+    def start_beat(self, env: dict[str, str] | None = None, wait: bool = True, wrap: list[str] | None = None) -> Proc:
+        proc = self._spawn(["beat", "--loglevel", "INFO"], "beat", env, wrap)
         if wait:
             proc.wait_for("beat started")
         return proc
