@@ -178,6 +178,11 @@ def test_fan_out_and_unite_across_hosts_survive_a_worker_host_killed_mid_run(hos
     assert resent >= CONCURRENCY  # recovered by beat on w2, within the lease (not Redis' 1 h visibility timeout)
     assert summary["live_hosts"] == ["w2"]  # w1's runtime went stale
     assert w2.popen.poll() is None and beat.popen.poll() is None  # host w2 carried on
+    # Nothing landed in a working directory: host w2's own /tmp (cwd and HOME of its processes, seen
+    # through /proc/<pid>/root) holds no .exo folder or key file, only multiprocessing's temp dirs.
+    for proc in (w2, beat):
+        left = os.listdir(f"/proc/{proc.popen.pid}/root/tmp")
+        assert [n for n in left if not n.startswith("pymp-")] == [], (proc.log.name, left)
     # No host reached anything on a loopback address.
     for log in hosts.logs.glob("*.log"):
         text = log.read_text(errors="replace")
