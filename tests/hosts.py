@@ -127,8 +127,10 @@ class Hosts:
                 self.kill(name)
             except Exception as exc:  # keep tearing down the rest
                 print(f"[hosts] could not empty {name}: {exc}", file=sys.stderr)
-        for proc in self.procs:
-            proc.stop()
+        for proc in self.procs:  # a process that left its namespace somehow (never a reaped pid's group)
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+                proc.popen.wait(timeout=5)
         for name in reversed(self.made):
             subprocess.run(["ip", "netns", "del", self.netns(name)], capture_output=True, timeout=30)
         self.made.clear()
