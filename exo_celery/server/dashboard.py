@@ -265,7 +265,7 @@ def run_page(request: Request, namespace: str, run_id: str) -> HTMLResponse:
 
 @router.get("/ui/{namespace}/run/{run_id}/live", response_class=HTMLResponse)
 def run_live(request: Request, namespace: str, run_id: str) -> HTMLResponse:
-    """The refreshing part of a run's page (polled every 0.5 s while the run is active)."""
+    """The refreshing part of a run's page (polled every 0.3 s while the run is active)."""
     ns = _ns(request, namespace)
     response = HTMLResponse(_run_parts(_ctx(request), ns, run_id))
     response.headers["Cache-Control"] = "no-store"
