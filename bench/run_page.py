@@ -4,8 +4,10 @@
 
 Starts a fresh PostgreSQL database, a Redis queue prefix, two workers and `exo-celery serve`, triggers
 the fan-out (split -> upper x N -> unite), and times GET of the run page, its live fragment (what the
-page polls every 0.5 s) and the per-node JSON, while the run is active and once it is finished.
-Prints the figures; asserts nothing (speed targets live here, not in tests).
+page polls every 0.3 s) and the per-node JSON, while the run is active and once it is finished.
+With Playwright and Debian's chromium (`EXO_TEST_CHROMIUM`, default /usr/bin/chromium) it also loads
+the run page in headless chromium and reports the browser's navigation timing: server response (TTFB),
+DOMContentLoaded and load. Prints the figures; asserts nothing (speed targets live here, not in tests).
 """
 
 from __future__ import annotations
@@ -34,6 +36,52 @@ def timed(client: httpx.Client, path: str, repeat: int) -> tuple[float, float, i
         response.raise_for_status()
         size = len(response.content)
     return statistics.median(times), max(times), size
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+NAVIGATION = """() => {
+  const n = performance.getEntriesByType("navigation")[0];
+  return [n.responseStart - n.requestStart, n.domContentLoadedEventEnd, n.loadEventEnd];
+}"""
+
+
+def browser_times(base: str, path: str, repeat: int) -> tuple[list[float], list[float], list[float]] | None:
+    """(TTFB ms, DOMContentLoaded ms, load ms) of `repeat` loads of `path` in headless chromium, or None."""
+    import os
+
+    chromium = os.environ.get("EXO_TEST_CHROMIUM", "/usr/bin/chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if not Path(chromium).exists():
+        return None
+    ttfb, dcl, load = [], [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context()
+            digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+            context.add_cookies([{"name": "exo_session", "value": digest, "url": base}])
+            tab = context.new_page()
+            for _ in range(repeat):
+                tab.goto(base + path, wait_until="load")
+                a, b, c = tab.evaluate(NAVIGATION)
+                ttfb.append(a)
+                dcl.append(b)
+                load.append(c)
+        finally:
+            browser.close()
+    return ttfb, dcl, load
+
+
+def print_browser(base: str, path: str, repeat: int) -> None:
+    found = browser_times(base, path, repeat)
+    if found is None:
+        print("  chromium        (playwright or chromium not installed: skipped)")
+        return
+    for label, values in zip(("chromium TTFB", "chromium DCL", "chromium load"), found, strict=True):
+        print(f"  {label:15s} median {statistics.median(values):7.1f} ms  max {max(values):7.1f} ms")
 
 
 def main() -> None:
@@ -73,6 +121,7 @@ def main() -> None:
         for label, path in paths.items():
             med, worst, size = timed(client, path, args.repeat)
             print(f"  {label:15s} median {med:7.1f} ms  max {worst:7.1f} ms  ({size:,} bytes)")
+        print_browser(base, paths["run page"], min(args.repeat, 10))
         while client.get(f"/v0/namespace/{ns}/run/{run_id}/wait", params={"timeout": 30}).json()["terminal"] is False:
             pass
         total = time.perf_counter() - started
@@ -82,6 +131,7 @@ def main() -> None:
         for label, path in paths.items():
             med, worst, size = timed(client, path, args.repeat)
             print(f"  {label:15s} median {med:7.1f} ms  max {worst:7.1f} ms  ({size:,} bytes)")
+        print_browser(base, paths["run page"], args.repeat)
     finally:
         stack.stop_all()
         drop_database(url)

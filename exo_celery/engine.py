@@ -318,7 +318,9 @@ def plan_barrier_state(
                 arrays[ident] = [out for _, out in items]
         resolve = make_resolver(barrier.node, parents, known, store, arrays)
     else:
-        parents = dict(opener.parents)
+        # As Exosphere: a unite's parents name the state it waited on (its lineage, as the validator
+        # sees it, stops before it: no input can read it as one value, only as the gathered array).
+        parents = {**opener.parents, barrier.over: opener.id}
         arrays = {ident: [out for _, out in items] for ident, items in gathered.items()}
         resolve = make_resolver(barrier.node, parents, outputs_of, store, arrays)
     return NewState(

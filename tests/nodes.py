@@ -145,6 +145,10 @@ class UseSecret(BaseNode):
             raise ValueError(f"bad key {self.secrets.api_key}")
         if self.inputs.mode == "leak-output":
             return self.Outputs(length=f"key={self.secrets.api_key}")
+        if self.inputs.mode == "leak-store":
+            self.store["token"] = f"key={self.secrets.api_key}"
+            self.store["plain"] = "visible-value"
+            return self.Outputs(length="stored")
         return self.Outputs(length=str(len(self.secrets.api_key)))
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, and_, case, func, inspect, select, union
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, and_, case, func, select, union
 
 from ..status import ACTIVE_STATES, FAILED_STATES, StateStatus
 from .clock import ledger_now
 from .db import get_engine
+from .runtimes import Runtimes
+from .store_writes import store_writes_of
 from .tables import graphs, nodes, runs, scopes, states, store
 
 S = StateStatus
@@ -83,18 +84,13 @@ class Queries:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def runtimes(self, namespace: str) -> list[dict[str, Any]]:
-        """Rows of the `exo_runtimes` liveness table for a namespace, if this ledger has that table."""
-        try:
-            if "exo_runtimes" not in inspect(self.engine).get_table_names():
-                return []
-            table = Table("exo_runtimes", MetaData(), autoload_with=self.engine)
-            q = select(table)
-            if "namespace" in table.c:
-                q = q.where(table.c.namespace == namespace)
-            with self.engine.connect() as conn:
-                return [dict(r) for r in conn.execute(q.limit(500)).mappings()]
-        except SQLAlchemyError:
-            return []  # another version's table: the dashboard falls back to exo_nodes.runtime_name
+        """The namespace's runtimes registered in the last day, newest first, each with `nodes`, `live`
+        (on the ledger's clock) and `heartbeat_age`."""
+        return Runtimes(self.url, stale_after=0.0).list_runtimes(namespace)
+
+    def unserved_nodes(self, run_id: str) -> dict[tuple[str, str], int]:
+        """(namespace, node) -> the run's waiting states that no live runtime serves."""
+        return Runtimes(self.url, stale_after=0.0).waiting_nodes(run_id)
 
     # -- runs ---------------------------------------------------------------------
     def runs_page(
@@ -238,6 +234,11 @@ class Queries:
                 forward = dict(row)
                 chain.append(forward)
         return chain
+
+    def store_writes_of(self, state_id: str) -> list[dict[str, Any]]:
+        """The store keys one state wrote when it completed (key, value, written_at), by key."""
+        with self.engine.connect() as conn:
+            return store_writes_of(conn, state_id)
 
     def store_of(self, run_id: str) -> dict[str, str]:
         with self.engine.connect() as conn:

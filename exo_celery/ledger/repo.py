@@ -15,7 +15,7 @@ from ..status import TERMINAL_RUNS, RunStatus, StateStatus
 from . import clock
 from .db import get_engine, is_postgres
 from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
-from .tables import graphs, nodes, runs, scopes, states, store
+from .tables import graphs, nodes, runs, scopes, states, store, store_writes
 
 
 def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) -> dict[str, Any]:
@@ -437,7 +437,7 @@ class Repo:
 
     # -- retention -------------------------------------------------------
     def purge_finished_runs(self, older_than: float, batch: int = 500) -> int:
-        """Delete runs finished before `older_than`, with their states, scopes and store."""
+        """Delete runs finished before `older_than`, with their states, scopes, store and store writes."""
         with self.engine.begin() as conn:
             ids = list(
                 conn.execute(
@@ -447,7 +447,7 @@ class Repo:
                 ).scalars()
             )
             if ids:
-                for table in (states, scopes, store):
+                for table in (states, scopes, store, store_writes):
                     conn.execute(delete(table).where(table.c.run_id.in_(ids)))
                 conn.execute(delete(runs).where(runs.c.id.in_(ids)))
         return len(ids)

@@ -148,6 +148,18 @@ class StoreRow(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class StoreWriteRow(SQLModel, table=True):
+    """One store key a state wrote when it completed (its value redacted as `exo_store`'s is)."""
+
+    __tablename__ = "exo_store_writes"
+
+    state_id: str = Field(primary_key=True, max_length=32)
+    key: str = Field(primary_key=True, max_length=256)
+    run_id: str = Field(max_length=32, index=True)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    written_at: float
+
+
 class MetaRow(SQLModel, table=True):
     """A fact about the ledger itself, by key (e.g. the fingerprint of the secrets key)."""
 
@@ -175,6 +187,7 @@ runs = RunRow.__table__  # type: ignore[attr-defined]
 states = StateRow.__table__  # type: ignore[attr-defined]
 scopes = ScopeRow.__table__  # type: ignore[attr-defined]
 store = StoreRow.__table__  # type: ignore[attr-defined]
+store_writes = StoreWriteRow.__table__  # type: ignore[attr-defined]
 meta = MetaRow.__table__  # type: ignore[attr-defined]
 runtimes = RuntimeRow.__table__  # type: ignore[attr-defined]
 runtime_nodes = RuntimeNodeRow.__table__  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ from .statements import (
     finish_then,
     upsert_store,
 )
+from .store_writes import record_store_writes
 from .tables import runs, scopes, states, store
 
 S = StateStatus
@@ -305,6 +306,7 @@ class Transitions:
 
             if outcome.kind == "success" and outcome.store_writes:
                 _write_store(conn, row["run_id"], outcome.store_writes)
+                record_store_writes(conn, row["run_id"], row["id"], outcome.store_writes, now)
             if outcome.kind == "requeue":
                 if values["status"] == S.QUEUED.value:
                     dispatches.append(dispatch_of({**row, "due_at": values["due_at"]}))

@@ -193,13 +193,14 @@ def graph_structure(
     tags=["runs"],
 )
 def node_run_details(namespace: Namespace, graph_name: str, run_id: str, node_id: str, ctx: Ctx) -> dict[str, Any]:
-    """One state of a run (`node_id` is the state id, as in Exosphere), secrets masked."""
+    """One state of a run (`node_id` is the state id, as in Exosphere), with the store keys it wrote; secrets masked."""
     run = ctx.run_in(namespace, run_id)
     state = ctx.state_in(namespace, node_id)
     if state["run_id"] != run_id or run["graph_name"] != graph_name:
         raise NotFoundError(f"state {node_id!r} is not in run {run_id!r} of graph {graph_name!r}")
     view = ctx.state_view(state)
     view["outputs"] = view["outputs"] or {}
+    view["store_writes"] = ctx.store_writes_view(state)
     return view
 
 

@@ -68,6 +68,14 @@ class Context:
             self._hidden[key] = values
         return self._hidden[key]
 
+    def store_writes_view(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """The store keys a state wrote (key, value, written_at), secrets masked."""
+        hidden = self.hidden_values(state["graph_namespace"], state["graph_name"], state["graph_version"])
+        return [
+            {"key": redact(w["key"], hidden), "value": redact(w["value"], hidden), "written_at": iso(w["written_at"])}
+            for w in self.queries.store_writes_of(state["id"])
+        ]
+
     def state_view(self, state: dict[str, Any]) -> dict[str, Any]:
         """A state as the API shows it, secrets masked."""
         hidden = self.hidden_values(state["graph_namespace"], state["graph_name"], state["graph_version"])

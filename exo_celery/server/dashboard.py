@@ -13,6 +13,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from ..celery_app import task_name
 from ..errors import NotFoundError
 from ..status import RunStatus, StateStatus
 from ..validate import name_problem
@@ -143,19 +144,16 @@ def home(request: Request) -> HTMLResponse:
 
 
 def _served_by(node: dict[str, Any], runtimes: list[dict[str, Any]]) -> str:
-    """Runtimes serving a node: the liveness table's rows naming it if there is one, else the registering runtime."""
-    live = []
-    for r in runtimes:
-        served = r.get("nodes") or r.get("node_names") or []
-        if isinstance(served, str):
-            served = [s.strip() for s in served.split(",")]
-        if node["node_name"] in served or r.get("node_name") == node["node_name"]:
-            name = r.get("name") or r.get("runtime_name") or r.get("hostname") or "runtime"
-            seen = r.get("last_seen") or r.get("heartbeat_at") or r.get("updated_at")
-            live.append(f"{e(name)}" + (f" (seen {e(p.when(seen))})" if isinstance(seen, (int, float)) else ""))
+    """The live runtimes (exo_runtimes) that serve a node, or that none does and who registered it."""
+    live = [r for r in runtimes if r["live"] and node["node_name"] in r["nodes"]]
     if live:
-        return "<br>".join(live)
-    return e(node["runtime_name"] or "—")
+        return "<br>".join(
+            f'<span class="runtime live">{e(r["name"])} on {e(r["host"])} (pid {e(r["pid"])}, '
+            f"heartbeat {r['heartbeat_age']:.0f} s ago)</span>"
+            for r in live
+        )
+    registered = f" (registered by {e(node['runtime_name'])})" if node["runtime_name"] else ""
+    return f'<span class="runtime none">no live runtime</span>{registered}'
 
 
 @router.get("/ui/{namespace}/graph/{graph_name}", response_class=HTMLResponse)
@@ -244,12 +242,9 @@ def _run_parts(ctx: Context, ns: str, run_id: str) -> str:
     scope_rows = ctx.queries.scopes_of(run_id)
     _, problems = ctx.queries.states_page(run_id, statuses=PROBLEMS, size=50)
     problems = [ctx.state_view(s) for s in problems]
-    served = {n["node_name"] for n in ctx.queries.nodes_in(ns)}
-    for node in template.get("nodes", []):
-        if node.get("namespace") and node["namespace"] != ns:
-            served |= {n["node_name"] for n in ctx.queries.nodes_in(node["namespace"])}
+    unserved = set(ctx.queries.unserved_nodes(run_id)) if run["status"] in p.ACTIVE_RUNS else set()
     elapsed = [(time.perf_counter() - started) * 1000]
-    return p.run_live(ns, run, template, summary, scope_rows, problems, served, elapsed)
+    return p.run_live(ns, run, template, summary, scope_rows, problems, unserved, elapsed)
 
 
 @router.get("/ui/{namespace}/run/{run_id}", response_class=HTMLResponse)
@@ -270,7 +265,7 @@ def run_page(request: Request, namespace: str, run_id: str) -> HTMLResponse:
 
 @router.get("/ui/{namespace}/run/{run_id}/live", response_class=HTMLResponse)
 def run_live(request: Request, namespace: str, run_id: str) -> HTMLResponse:
-    """The refreshing part of a run's page (polled every 0.5 s while the run is active)."""
+    """The refreshing part of a run's page (polled every 0.3 s while the run is active)."""
     ns = _ns(request, namespace)
     response = HTMLResponse(_run_parts(_ctx(request), ns, run_id))
     response.headers["Cache-Control"] = "no-store"
@@ -332,6 +327,10 @@ def state_page(request: Request, namespace: str, state_id: str) -> HTMLResponse:
     from ..crypto import redact
 
     store = redact(ctx.queries.store_of(state["run_id"]), hidden)
+    writes = [
+        [f"<code>{e(w['key'])}</code>", f"<code>{e(w['value'])}</code>", e(w["written_at"])]
+        for w in ctx.store_writes_view(state)
+    ]
     parents = (
         "".join(
             f'<li>{e(ident)}: <a href="/ui/{q(ns)}/state/{e(sid)}">{e(sid)}</a></li>'
@@ -347,7 +346,9 @@ def state_page(request: Request, namespace: str, state_id: str) -> HTMLResponse:
     )
     flower = ctx.flower_url
     flower_link = (
-        f' · <a href="{e(flower.rstrip("/"))}/tasks?search={e(state_id)}">its task in Flower</a>' if flower else ""
+        f' · <a class="flower" href="{e(flower_tasks_url(ctx, flower, state))}">its task in Flower</a>'
+        if flower
+        else ""
     )
     body = (
         f"<p>{p.badge(view['status'])} node <code>{e(view['node_name'])}</code> · retry {e(view['retry_count'])} · "
@@ -361,6 +362,8 @@ def state_page(request: Request, namespace: str, state_id: str) -> HTMLResponse:
         + f"<h2>Parents</h2><ul>{parents}</ul>"
         + "<h2>Attempts</h2>"
         + p.table(["state", "retry", "status", "due", "started", "updated", "error"], attempts, "", "attempts")
+        + "<h2>Store writes</h2>"
+        + p.table(["key", "value", "written"], writes, "this state wrote no store key", "store-writes")
         + f"<h2>Run store</h2>{p.pretty(store)}"
     )
     crumbs = [
@@ -369,3 +372,15 @@ def state_page(request: Request, namespace: str, state_id: str) -> HTMLResponse:
         (view["identifier"], ""),
     ]
     return _page(request, f"State {view['identifier']}", body, crumbs)
+
+
+def flower_tasks_url(ctx: Context, flower: str, state: dict[str, Any]) -> str:
+    """Flower's tasks page showing this state's tasks (one per delivery).
+
+    Flower 2's `/tasks` page starts its search from its `name` (and `state`, `worker`) parameters as
+    `name:<value>`; the value goes in unparsed, so `<task name> args:<state id>` filters to the tasks of
+    this node whose arguments carry this state's id (our tasks' args are the ids, never values).
+    """
+    task = task_name(ctx.settings, state["namespace"], state["node_name"])
+    search = quote(f"{task} args:{state['id']}", safe="")
+    return f"{flower.rstrip('/')}/tasks?name={search}"

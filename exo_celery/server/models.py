@@ -123,6 +123,14 @@ class GraphStructureResponse(_Open):
     execution_summary: dict[str, int]
 
 
+class StoreWrite(BaseModel):
+    """Ours: one store key a state wrote when it completed (secrets masked)."""
+
+    key: str
+    value: str
+    written_at: str | None
+
+
 class NodeRunDetailsResponse(_Open):
     """Exosphere's `NodeRunDetailsResponse` for one state."""
 
@@ -138,6 +146,7 @@ class NodeRunDetailsResponse(_Open):
     parents: dict[str, Any]
     created_at: str | None
     updated_at: str | None
+    store_writes: list[StoreWrite] = Field(default_factory=list, description="ours: the store keys it wrote")
 
 
 class NamespacesResponse(BaseModel):

@@ -82,12 +82,17 @@ def waits(
     template: dict[str, Any],
     summary: dict[str, dict[str, Any]],
     scope_rows: list[dict[str, Any]],
-    served: set[str],
+    unserved: set[tuple[str, str]],
     now: float,
+    ns: str = "",
 ) -> list[str]:
-    """Why something waits: due at T, waiting for a runtime for node X, waiting on N branches."""
+    """Why something waits: due at T, waiting for a runtime for node X, waiting on N branches.
+
+    `unserved`: the (namespace, node) pairs with waiting states that no live runtime serves
+    (`Runtimes.waiting_nodes`, the same rule beat's sweep uses)."""
     reasons = []
     names = {n["identifier"]: n.get("node_name", "") for n in template.get("nodes", [])}
+    spaces = {n["identifier"]: n.get("namespace") or ns for n in template.get("nodes", [])}
     for ident, entry in summary.items():
         if entry["not_due"] and entry["next_due"]:
             reasons.append(
@@ -99,10 +104,10 @@ def waits(
         queued = entry["queued_ready"]
         if queued > 0:
             node = names.get(ident, "")
-            if node and node not in served:
+            if node and (spaces.get(ident, ns), node) in unserved:
                 reasons.append(
-                    f"<b>{e(ident)}</b>: {queued:,} queued, waiting for a runtime serving node "
-                    f"<code>{e(node)}</code> (none registered)"
+                    f"<b>{e(ident)}</b>: {queued:,} queued, waiting for a runtime for node "
+                    f"<code>{e(node)}</code> (no live runtime serves it)"
                 )
             else:
                 reasons.append(
@@ -148,7 +153,7 @@ def run_live(
     summary: dict[str, dict[str, Any]],
     scope_rows: list[dict[str, Any]],
     problems: list[dict[str, Any]],
-    served: set[str],
+    unserved: set[tuple[str, str]],
     render_ms: list[float],
 ) -> str:
     """The part of a run's page that refreshes while the run is active."""
@@ -161,7 +166,7 @@ def run_live(
     totals = ", ".join(f"{v:,} {e(k)}" for k, v in sorted(counts.items())) or "no states"
     base = f"/ui/{q(ns)}/run/{q(run['id'])}/node/"
     svg = render_svg(template, summary, base)
-    reasons = waits(template, summary, scope_rows, served, now) if active else []
+    reasons = waits(template, summary, scope_rows, unserved, now, ns) if active else []
     rows = [
         [
             f'<a href="/ui/{q(ns)}/state/{e(s["id"])}">{e(s["id"][:12])}…</a>',

@@ -54,16 +54,22 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture
-def page(browser: Any, live: Live) -> Iterator[Any]:
+def logged_in(browser: Any, url: str) -> tuple[Any, Any]:
+    """A new browser context and tab, logged in to the dashboard at `url`."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(30_000)
-    tab.goto(live.url + "/")
+    tab.goto(url + "/")
     assert tab.url.endswith("/login")
     tab.fill("input[name=key]", ADMIN_KEY)
     tab.click("form.login button")
-    tab.wait_for_url(live.url + "/")
+    tab.wait_for_url(url + "/")
+    return context, tab
+
+
+@pytest.fixture
+def page(browser: Any, live: Live) -> Iterator[Any]:
+    context, tab = logged_in(browser, live.url)
     try:
         yield tab
     finally:
@@ -142,3 +148,146 @@ def test_trigger_a_graph_from_its_page(page: Any, live: Live) -> None:
     with api(live) as c:
         states = c.get(f"/v0/namespace/{NS_A}/run/{run_id}/states").json()["states"]
     assert states[0]["inputs"] == {"text": "from the browser"}
+
+
+def test_cancel_a_run_from_its_page(page: Any, live: Live) -> None:
+    run_id = trigger(live, "echo", inputs={"text": "cancel me"}, start_delay=60_000)
+    page.goto(f"{live.url}/ui/{NS_A}/run/{run_id}")
+    assert page.get_attribute("#live-state", "data-active") == "1"
+    page.once("dialog", lambda dialog: dialog.accept())  # "Cancel this run?"
+    page.click("#live-state button:has-text('Cancel run')")
+    page.wait_for_selector('#live-state[data-active="0"]')
+    assert page.locator("#live-state .summary .badge").inner_text() == "CANCELLED"
+    assert page.locator("#live-state button:has-text('Cancel run')").count() == 0
+    with api(live) as c:
+        assert c.get(f"/v0/namespace/{NS_A}/run/{run_id}").json()["status"] == "CANCELLED"
+        states = c.get(f"/v0/namespace/{NS_A}/run/{run_id}/states").json()["states"]
+    assert [s["status"] for s in states] == ["CANCELLED"]
+
+
+WATCH_END = """() => {
+  window.exoSeenEnd = null;
+  const box = document.getElementById("live");
+  new MutationObserver(() => {
+    const state = document.getElementById("live-state");
+    if (window.exoSeenEnd === null && state && state.dataset.active === "0") {
+      window.exoSeenEnd = performance.timeOrigin + performance.now();  // epoch ms, this host's clock
+    }
+  }).observe(box, { childList: true, subtree: true });
+}"""
+
+
+def test_the_live_page_is_at_most_one_second_behind_the_ledger(page: Any, live: Live) -> None:
+    """The lag: from the run's `finished_at` in the ledger to the page showing it ended, without a reload."""
+    from exo_celery.ledger.repo import Repo
+
+    repo = Repo(live.stack.settings().ledger_url)
+    lags = []
+    for _ in range(3):
+        run_id = trigger(live, "fanout", inputs={"items": items(20)}, start_delay=1500)
+        page.goto(f"{live.url}/ui/{NS_A}/run/{run_id}")
+        assert page.get_attribute("#live-state", "data-active") == "1"
+        page.evaluate(WATCH_END)
+        page.wait_for_selector('#live-state[data-active="0"]', timeout=60_000)
+        seen_ms = page.evaluate("window.exoSeenEnd")
+        assert seen_ms is not None  # it was the refresh that showed the end, not the first render
+        run = repo.get_run(run_id)
+        assert run is not None and run["status"] == "SUCCESS"
+        lags.append(seen_ms / 1000 - run["finished_at"])
+    print(f"live page lag behind the ledger (s): {', '.join(f'{lag:.3f}' for lag in lags)}")
+    assert all(0 <= lag <= 1.0 for lag in lags), lags
+
+
+FLOWER_READY = 30.0
+
+
+@pytest.fixture(scope="module")
+def flower(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Flower (`celery flower`) on the live stack's broker; yields its base URL."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("flower") / "flower.log"
+    env = {**live.stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", f"--broker={live.stack.broker_url}", "flower", f"--port={port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + FLOWER_READY
+        while True:
+            try:
+                if httpx.get(f"{base}/healthcheck", timeout=2).text.strip() == "OK":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"Flower did not start:\n{log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def executed_in_flower(live: Live, flower: str) -> tuple[str, str]:
+    """An echo state, and the id of the task Flower recorded for it (Flower only sees events sent after it
+    connected)."""
+    import time
+
+    deadline = time.monotonic() + FLOWER_READY
+    while True:
+        run_id = trigger(live, "echo", inputs={"text": "seen by flower"})
+        live.wait_run(NS_A, run_id)
+        with api(live) as c:
+            state_id: str = c.get(f"/v0/namespace/{NS_A}/run/{run_id}/states").json()["states"][0]["id"]
+        for _ in range(10):
+            tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 5000}, timeout=10).json()
+            found = [uuid for uuid, t in tasks.items() if f"state_id={state_id!r}" in (t.get("args") or "")]
+            if found:
+                return state_id, found[0]
+            time.sleep(0.3)
+        assert time.monotonic() < deadline, "Flower received no task events"
+
+
+def test_the_flower_link_opens_flowers_tasks_page_on_the_states_task(browser: Any, live: Live, flower: str) -> None:
+    from .conftest import A_KEY, start_server
+
+    proc, url = start_server(live.stack, {"EXO_API_KEY": f"{ADMIN_KEY},{A_KEY}:{NS_A}", "EXO_FLOWER_URL": flower})
+    try:
+        state_id, task_id = executed_in_flower(live, flower)
+        context, tab = logged_in(browser, url)
+        try:
+            tab.goto(f"{url}/ui/{NS_A}/state/{state_id}")
+            href = tab.get_attribute("a.flower", "href")
+            assert href and href.startswith(f"{flower}/tasks?name=")
+            fetched = httpx.get(href, timeout=10)  # the URL is a page the running Flower serves
+            assert fetched.status_code == 200 and 'id="tasks-table"' in fetched.text
+            tab.click("a.flower")
+            tab.wait_for_url(re.compile(re.escape(flower) + r"/tasks\?name=.*"))
+            # The search box holds the filter, and the table shows this state's one task (its args, which
+            # name the state, are not a default column: the row is the task Flower's API says has them).
+            assert state_id in tab.locator("#tasks-table_filter input").input_value()
+            tab.wait_for_selector("#tasks-table_info:has-text('Showing 1 to 1 of 1 tasks')")
+            row = tab.locator("#tasks-table tbody tr")
+            assert row.count() == 1 and task_id in row.inner_text() and ".Echo" in row.inner_text()
+        finally:
+            context.close()
+    finally:
+        proc.stop()

@@ -213,7 +213,7 @@ def test_unite_state_gathers_json_arrays_in_fan_out_order() -> None:
     assert json.loads(state.inputs["all"]) == ["p", "q", "r"]
     assert json.loads(state.inputs["cs"]) == [1, 2]
     assert json.loads(state.inputs["av"]) == ["1", "2"]
-    assert state.parents == {}  # the unite of the root has the root's (empty) lineage
+    assert state.parents == {"a": "A0"}  # the root's (empty) lineage, and the state it waited on
     assert state.fingerprint == "u@A0"
 
 

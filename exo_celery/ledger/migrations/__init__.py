@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-HEAD = "0009_idempotency_key"  # the newest revision in versions/ (a test checks they agree)
+HEAD = "0010_store_writes"  # the newest revision in versions/ (a test checks they agree)
 BASELINE = "0001"  # the schema exo_celery created with `create_all` before it had migrations
 VERSION_TABLE = "exo_alembic_version"
 LOCK_ID = 0x65786F5F6C6564  # any fixed bigint: the key of the PostgreSQL advisory lock
