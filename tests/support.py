@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,9 +160,7 @@ class Stack:
     def manager(self, namespace: str, **overrides: Any) -> StateManager:
         return StateManager(namespace, settings=self.settings(**overrides), validation_timeout=30)
 
-    def _spawn(
-        self, argv: list[str], label: str, env: dict[str, str] | None, wrap: list[str] | None = None
-    ) -> Proc:
+    def _spawn(self, argv: list[str], label: str, env: dict[str, str] | None, wrap: list[str] | None = None) -> Proc:
         """Start `exo-celery <argv>`, under the command `wrap` if given (e.g. faketime)."""
         log = self.home / f"{label}-{uuid.uuid4().hex[:6]}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -218,3 +217,45 @@ class Stack:
         for proc in self.procs:
             proc.stop()
         self.procs.clear()
+
+
+@contextmanager
+def running_flower(stack: Stack, log: Path, ready_timeout: float = 30.0) -> Iterator[str]:
+    """A real Flower (`celery --broker=<the stack's broker> flower`) on a free port; yields its base URL."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", f"--broker={stack.broker_url}", "flower", f"--port={port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthcheck", timeout=2) as response:
+                    if response.read().decode().strip() == "OK":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"Flower did not start:\n{log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)

@@ -4,11 +4,6 @@ and tells the truth: ERRORED is FAILURE, a retried attempt RETRY, PRUNED and req
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -21,15 +16,9 @@ import pytest
 from exo_celery import GraphNodeModel, UnitesModel
 
 from .conftest import SHARED_NAMESPACE as NS
-from .support import ROOT, Stack, run, uid
+from .support import Stack, run, running_flower, uid
 
 SECRET = "sk-flower-8d2c4a6e1f"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> str:
@@ -40,38 +29,8 @@ def get(url: str) -> str:
 @pytest.fixture
 def flower(pg_stack: Stack) -> Iterator[str]:
     """`celery --broker=<the stack's broker> flower` on a free port; yields its base URL."""
-    port = free_port()
-    log = pg_stack.home / f"flower-{port}.log"
-    env = {**pg_stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", f"--broker={pg_stack.broker_url}", "flower", f"--port={port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if get(f"{base}/healthcheck").strip() == "OK":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"Flower did not start:\n{log.read_text()[-2000:]}"
-            time.sleep(0.2)
+    with running_flower(pg_stack, pg_stack.home / f"flower-{uuid.uuid4().hex[:6]}.log") as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 def flower_tasks(base: str) -> tuple[str, dict[str, dict[str, Any]]]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..support import CI, ROOT
+from ..support import CI, ROOT, running_flower
 from .conftest import ADMIN_KEY, NS_A, Live, flaky_path, items
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -204,46 +204,8 @@ FLOWER_READY = 30.0
 @pytest.fixture(scope="module")
 def flower(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Flower (`celery flower`) on the live stack's broker; yields its base URL."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("flower") / "flower.log"
-    env = {**live.stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", f"--broker={live.stack.broker_url}", "flower", f"--port={port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + FLOWER_READY
-        while True:
-            try:
-                if httpx.get(f"{base}/healthcheck", timeout=2).text.strip() == "OK":
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"Flower did not start:\n{log.read_text()[-2000:]}"
-            time.sleep(0.2)
+    with running_flower(live.stack, tmp_path_factory.mktemp("flower") / "flower.log", FLOWER_READY) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 def executed_in_flower(live: Live, flower: str) -> tuple[str, str]:
