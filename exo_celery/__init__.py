@@ -6,15 +6,26 @@ to `exo_celery`.
 
 from .client import StateManager
 from .errors import (
+    ArgumentError,
     BrokerUnavailable,
     ConfigError,
+    ConflictError,
+    CronError,
     ExoError,
     GraphValidationError,
     LedgerUnavailable,
     NotFoundError,
     OutputError,
+    PlaceholderError,
+    PlanError,
+    SignalError,
     StateError,
+    StateErrored,
+    StoreError,
+    TemplateError,
     TriggerError,
+    WaitTimeout,
+    WorkerExited,
 )
 from .graph import (
     CronTrigger,
@@ -50,14 +61,25 @@ __all__ = [
     "Settings",
     "StateStatus",
     "RunStatus",
-    # errors
+    # errors (the tree is drawn in exo_celery/errors.py)
     "ExoError",
     "ConfigError",
+    "ArgumentError",
     "GraphValidationError",
+    "TemplateError",
+    "CronError",
+    "PlaceholderError",
+    "PlanError",
     "NotFoundError",
     "TriggerError",
     "StateError",
+    "ConflictError",
+    "WaitTimeout",
     "OutputError",
+    "StoreError",
+    "SignalError",
+    "StateErrored",
+    "WorkerExited",
     "LedgerUnavailable",
     "BrokerUnavailable",
 ]

@@ -17,7 +17,15 @@ from celery import Celery
 from .celery_app import make_app, publish
 from .crypto import decrypt_secrets, encrypt_secrets, redact
 from .engine import CompiledGraph, PlanError, new_id, plan_root
-from .errors import BrokerUnavailable, ConfigError, ExoError, GraphValidationError, NotFoundError, TriggerError
+from .errors import (
+    ArgumentError,
+    BrokerUnavailable,
+    ConfigError,
+    GraphValidationError,
+    NotFoundError,
+    TriggerError,
+    WaitTimeout,
+)
 from .graph import GraphTemplate, parse_graph_parts
 from .ledger import clock
 from .ledger.db import translate_errors, without_password
@@ -547,14 +555,14 @@ class StateManager:
     ) -> list[dict[str, Any]]:
         """Blocking form of `list_runs`; `status` (one or several) and `since` (epoch seconds) filter."""
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
-            raise ExoError(f"limit must be a whole number from 1 to 100000, got {limit!r}")
+            raise ArgumentError(f"limit must be a whole number from 1 to 100000, got {limit!r}")
         if graph_name is not None:
             self._check_graph_name(graph_name)
         statuses = [status] if isinstance(status, str) else list(status or [])
         known = {s.value for s in RunStatus}
         unknown = [s for s in statuses if s not in known]
         if unknown:
-            raise ExoError(f"unknown run status {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
+            raise ArgumentError(f"unknown run status {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
         found = self.repo.list_runs(self.namespace, graph_name, limit, statuses=statuses or None, since=since)
         return [self._run_view(r, None) for r in found]
 
@@ -631,7 +639,7 @@ class StateManager:
                     return run
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                    raise WaitTimeout(f"run {run_id} is still {run['status']} after {timeout} s")
                 await sub.wait(pause if left is None else min(pause, left))
         finally:
             sub.close()
@@ -651,7 +659,7 @@ class StateManager:
                     return run
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                    raise WaitTimeout(f"run {run_id} is still {run['status']} after {timeout} s")
                 sub.wait_sync(pause if left is None else min(pause, left))
 
     async def manual_retry(self, state_id: str) -> dict[str, Any]:

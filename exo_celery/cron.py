@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 from croniter import CroniterBadDateError, croniter
 
+from .errors import CronError
+
 # Where cron_problem looks for a first fire time: a fixed instant, so the answer never depends on the clock.
 _PROBE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -55,5 +57,5 @@ def next_fire(expression: str, after: datetime) -> datetime:
     try:
         result: datetime = croniter(expression, _utc(after)).get_next(datetime)
     except CroniterBadDateError as exc:
-        raise ValueError(f"cron expression {expression!r} has no fire time after {after.isoformat()}") from exc
+        raise CronError(f"cron expression {expression!r} has no fire time after {after.isoformat()}") from exc
     return result

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .crypto import redact
+from .errors import PlanError
 from .graph import GraphTemplate
 from .mapping import PlaceholderError, Ref, parse_refs, render
 from .status import StateStatus
@@ -27,10 +28,6 @@ from .topology import JOIN, Barrier, Topology, analyse
 def new_id() -> str:
     """A fresh state or run id."""
     return uuid.uuid4().hex
-
-
-class PlanError(Exception):
-    """Children could not be created; the message says why (becomes NEXT_CREATED_ERROR)."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .crypto import redact
+from .errors import OutputError
 from .ledger.transitions import Outcome
 from .node import Store
 from .signals import as_prune, as_requeue
@@ -30,7 +31,7 @@ CANCEL_SIGNAL = signal.SIGUSR2  # interrupts a sync node on a process's main thr
 _main_execution: Execution | None = None
 
 
-class NodeCancelled(BaseException):
+class NodeCancelled(BaseException):  # internal control flow: run_node turns it into None, never raised to users
     """Raised inside a sync node whose state was cancelled (a BaseException, so `except Exception` lets it by)."""
 
 
@@ -173,13 +174,13 @@ def _normalise(node_cls: type, result: Any, max_bytes: int) -> list[dict[str, An
             outputs.append(outputs_model.model_validate(item).model_dump(mode="json"))
         else:
             where = f"item {i} of the list" if isinstance(result, (list, tuple)) else "the value"
-            raise ValueError(
+            raise OutputError(
                 f"{name}.execute returned {type(item).__name__} as {where}; expected {name}.Outputs, "
                 "a list of them, or None"
             )
     size = len(json.dumps(outputs))
     if size > max_bytes:
-        raise ValueError(
+        raise OutputError(
             f"{name} returned {size} bytes of outputs, over the limit of {max_bytes} (EXO_MAX_OUTPUT_BYTES)"
         )
     return outputs

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import GraphValidationError
+from .errors import CronError, GraphValidationError, TemplateError
 from .retry import RetryStrategyEnum, compute_delay
 
 
@@ -111,14 +111,14 @@ class CronTrigger(_ShapeModel):
     @classmethod
     def _only_cron(cls, value: str) -> str:
         if value.upper() != "CRON":
-            raise ValueError(f"unsupported trigger type {value!r} (only CRON)")
+            raise CronError(f"unsupported trigger type {value!r} (only CRON)")
         return "CRON"
 
     @field_validator("timezone")
     @classmethod
     def _only_utc(cls, value: str) -> str:
         if value.upper() not in {"UTC", "ETC/UTC", "Z"}:
-            raise ValueError(f"unsupported timezone {value!r}: cron triggers run in UTC")
+            raise CronError(f"unsupported timezone {value!r}: cron triggers run in UTC")
         return "UTC"
 
     def exosphere_view(self) -> dict[str, Any]:
@@ -141,7 +141,7 @@ class GraphTemplate(BaseModel):
     @classmethod
     def _nodes_not_empty(cls, nodes: list[GraphNodeModel]) -> list[GraphNodeModel]:
         if not nodes:
-            raise ValueError("a graph needs at least one node")
+            raise TemplateError("a graph needs at least one node")
         return nodes
 
 
@@ -159,10 +159,10 @@ def parse_trigger(raw: Any) -> CronTrigger:
     if isinstance(raw, dict):
         if "value" in raw:
             if str(raw.get("type", "CRON")).upper() != "CRON":
-                raise ValueError(f"unsupported trigger type {raw.get('type')!r} (only CRON)")
+                raise CronError(f"unsupported trigger type {raw.get('type')!r} (only CRON)")
             return CronTrigger(**raw["value"])
         return CronTrigger(**raw)
-    raise ValueError(f"a trigger must be a CronTrigger, got {type(raw).__name__}")
+    raise CronError(f"a trigger must be a CronTrigger, got {type(raw).__name__}")
 
 
 def parse_graph_parts(

@@ -8,16 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import PlaceholderError
+
 # The body may not hold another `${{`: "${{ a ${{ b.outputs.c }}" is an unterminated
 # placeholder followed by a good one, not one placeholder with a strange body.
 _PLACEHOLDER = re.compile(r"\$\{\{((?:(?!\$\{\{).)*?)\}\}", re.DOTALL)
 _OPEN = "${{"
 _OUTPUT_REF = re.compile(r"^([\w-]+)\.outputs\.([\w-]+)$")
 _STORE_REF = re.compile(r"^store\.([^.\s]+)$")
-
-
-class PlaceholderError(ValueError):
-    """A placeholder that does not parse."""
 
 
 @dataclass(frozen=True)

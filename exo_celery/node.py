@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from .errors import StoreError
+
 
 class Store(MutableMapping[str, str]):
     """The run's store as a node sees it; writes are committed only if the execution succeeds."""
@@ -29,15 +31,15 @@ class Store(MutableMapping[str, str]):
 
     def __setitem__(self, key: str, value: str) -> None:
         if not isinstance(key, str) or not key or "." in key or "\x00" in key or len(key) > 256:
-            raise ValueError(f"store key must be 1-256 characters without '.' or NUL, got {str(key)[:60]!r}")
+            raise StoreError(f"store key must be 1-256 characters without '.' or NUL, got {str(key)[:60]!r}")
         if not isinstance(value, str) or "\x00" in value:
-            raise TypeError(f"store value for {key!r} must be a str without NUL characters")
+            raise StoreError(f"store value for {key!r} must be a str without NUL characters")
         self.written[key] = value
         if self._loaded is not None:
             self._loaded[key] = value
 
     def __delitem__(self, key: str) -> None:
-        raise TypeError("store keys cannot be deleted")
+        raise StoreError("store keys cannot be deleted")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)

@@ -15,7 +15,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from .celery_app import make_app, namespace_queue_prefix, node_of_queue, queue_name
-from .errors import ConfigError
+from .errors import ConfigError, WorkerExited
 from .ledger.db import forget_engines, size_worker_pools
 from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
@@ -220,7 +220,7 @@ class Runtime:
 
         A Celery worker needs a process's main thread (signal handlers, its pool), so it runs in a
         forked child process that leads its own process group; it stops by itself when its parent
-        goes away. Raises RuntimeError if the worker exits with an error.
+        goes away. Raises WorkerExited (a RuntimeError) if the worker exits with an error.
         """
         await asyncio.to_thread(self.register)
         parent = os.getpid()
@@ -238,7 +238,7 @@ class Runtime:
             raise
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
-            raise RuntimeError(f"the worker of runtime {self.name!r} exited with code {code}")
+            raise WorkerExited(f"the worker of runtime {self.name!r} exited with code {code}")
 
 
 def _child_main(runtime: Runtime, parent: int) -> None:

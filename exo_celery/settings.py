@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     @classmethod
     def _prefix_has_no_dot_edges(cls, value: str) -> str:
         if not value or value.startswith(".") or value.endswith("."):
-            raise ValueError("EXO_QUEUE_PREFIX must be a non-empty name without leading/trailing '.'")
+            raise ConfigError("EXO_QUEUE_PREFIX must be a non-empty name without leading/trailing '.'")
         return value
 
     @property

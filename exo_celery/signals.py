@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from .errors import SignalError
+
 
 class PruneSignal(Exception):
     """Stop this branch: the state becomes PRUNED with `data` recorded, and gets no children."""
@@ -19,9 +21,9 @@ class ReQueueAfterSignal(Exception):
 
     def __init__(self, delay: timedelta) -> None:
         if not isinstance(delay, timedelta):
-            raise TypeError(f"ReQueueAfterSignal delay must be a timedelta, got {type(delay).__name__}")
+            raise SignalError(f"ReQueueAfterSignal delay must be a timedelta, got {type(delay).__name__}")
         if delay.total_seconds() <= 0:
-            raise ValueError(f"ReQueueAfterSignal delay must be greater than 0, got {delay}")
+            raise SignalError(f"ReQueueAfterSignal delay must be greater than 0, got {delay}")
         self.delay = delay
         super().__init__(f"requeue after {delay}")
 

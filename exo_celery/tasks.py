@@ -15,7 +15,7 @@ from . import log_redaction
 from .celery_app import declared_queue, publish, queue_name, task_name
 from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
-from .errors import ConfigError
+from .errors import ConfigError, NotFoundError, StateErrored
 from .execute import Execution, run_node
 from .ledger.repo import Repo
 from .ledger.runtimes import Runtimes
@@ -29,13 +29,6 @@ log = logging.getLogger("exo_celery.worker")
 
 
 CANCEL_CHECK_SECONDS = 1.0  # how soon an executing state's cancel stops its node
-
-
-class StateErrored(Exception):
-    """Raised from a node's task when its state ended ERRORED, so Celery and Flower record a FAILURE.
-
-    Its text is the state's error with secrets and input values taken out.
-    """
 
 
 class Heartbeat:
@@ -111,7 +104,7 @@ class Worker:
         if cached is None:
             row = self.repo.load_graph(namespace, name, version)
             if row is None:
-                raise LookupError(f"graph {name!r} version {version} is missing from the ledger")
+                raise NotFoundError(f"graph {name!r} version {version} is missing from the ledger")
             graph = CompiledGraph.from_row(row)
             try:
                 secrets = decrypt_secrets(graph.secrets_cipher, self.settings.fernet_key())

@@ -309,7 +309,7 @@ def test_json_errors_are_json_on_stdout_with_a_non_zero_exit(pg_stack: Stack, tm
         (("trigger", uid("missing")), 1, "NotFoundError", "does not exist"),
         (("trigger", "g", "--input", "text"), 2, "UsageError", "KEY=VALUE"),
         (("upsert", str(bad_json)), 1, "JSONDecodeError", "is not valid JSON"),
-        (("runs", "--status", "DONE"), 1, "ExoError", "unknown run status 'DONE'"),
+        (("runs", "--status", "DONE"), 1, "ArgumentError", "unknown run status 'DONE'"),
         (("beat", "--check", "--name", "nobody"), 1, "BeatUnhealthy", "no heartbeat of beat 'nobody'"),
     ]
     runs: list[tuple[tuple[str, ...], int, str, str]] = []

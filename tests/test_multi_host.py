@@ -118,6 +118,7 @@ def line_after(proc: Proc, prefix: str, timeout: float) -> str:
     return wait_until(found, timeout, what=f"{prefix!r} in {proc.log.name}")
 
 
+@pytest.mark.timeout(900)  # starts servers and processes on four hosts; its own waits add up to ~7 minutes
 def test_fan_out_and_unite_across_hosts_survive_a_worker_host_killed_mid_run(hosts: Hosts) -> None:
     t0 = time.monotonic()
     start_db_host(hosts)

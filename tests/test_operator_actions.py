@@ -13,7 +13,16 @@ import pytest
 from exo_celery import GraphNodeModel, NotFoundError, RetryPolicyModel, StateError, UnitesModel
 
 from .support import Stack, run, uid
-from .timing import NS, _workers, by_identifier, ensure_worker, stamps, wait_until
+from .timing import (
+    NS,
+    _workers,
+    by_identifier,
+    ensure_worker,
+    execution_ended,
+    skipped_deliveries,
+    stamps,
+    wait_until,
+)
 
 NO_RETRY = RetryPolicyModel(max_retries=0)
 
@@ -135,7 +144,12 @@ def test_cancel_stops_pending_states_and_running_ones_without_children(stack: St
         timeout=10,
         what="no state waiting",
     )
-    time.sleep(2.0)  # longer than a Sleep state: anything still running has finished by now
+    # Once the run is cancelled nothing more can be claimed: the states claimed so far are all that ever ran.
+    # Wait until the worker says how each of those executions ended; only then can nothing change any more.
+    by = by_identifier(run(m.list_states(run_id)))
+    worker = _workers[id(stack)]
+    for sid in [s["id"] for s in by["s"] if s["attempts"] > 0]:
+        wait_until(lambda sid=sid: execution_ended(worker, sid), timeout=10, what=f"the execution of {sid} to end")
     assert 1 <= len(stamps(sleeps, column=1)) <= 2
     assert not counts.exists()
     by = by_identifier(run(m.list_states(run_id)))
@@ -143,10 +157,8 @@ def test_cancel_stops_pending_states_and_running_ones_without_children(stack: St
     assert len(by["s"]) == 4
     assert all(s["status"] in {"CANCELLED", "SUCCESS"} for s in by["s"]), by["s"]
     assert sum(s["status"] == "CANCELLED" for s in by["s"]) >= 2
-    started = [s["id"] for s in by["s"] if s["attempts"] > 0 and s["status"] == "CANCELLED"]
-    worker = _workers[id(stack)]
-    for sid in started:
-        wait_until(lambda sid=sid: f"state {sid}: cancelled" in worker.text(), timeout=10, what="the node stopped")
+    for sid in [s["id"] for s in by["s"] if s["attempts"] > 0 and s["status"] == "CANCELLED"]:
+        assert f"state {sid}: cancelled" in worker.text(), f"the node of {sid} was not stopped"
     final = run(m.get_run(run_id))
     assert final["status"] == "CANCELLED"
     # Cancelling again changes nothing; a cancelled run's states cannot be retried.
@@ -159,19 +171,21 @@ def test_cancel_of_a_delayed_run_before_it_starts(stack: Stack, tmp_path: Path) 
     ensure_worker(stack)
     m = stack.manager(NS)
     name = uid()
-    path = tmp_path / "stamps"
-    run(
-        m.upsert_graph(
-            name,
-            [GraphNodeModel(node_name="Stamp", identifier="s", inputs={"path": str(path), "tag": "late"})],
-            secrets={},
-        )
-    )
+    path, later_path = tmp_path / "stamps", tmp_path / "later"
+    for graph, stamped in ((name, path), (f"{name}-later", later_path)):
+        node = GraphNodeModel(node_name="Stamp", identifier="s", inputs={"path": str(stamped), "tag": "late"})
+        run(m.upsert_graph(graph, [node], secrets={}))
+    worker = _workers[id(stack)]
+    skipped = skipped_deliveries(worker, "Stamp")
     run_id = run(m.trigger(name, start_delay=1500))["run_id"]
     assert run(m.get_run(run_id))["status"] == "PENDING"
     assert run(m.cancel(run_id))["status"] == "CANCELLED"
     assert [s["status"] for s in run(m.list_states(run_id))] == ["CANCELLED"]
-    time.sleep(2.5)  # past its due time: the message arrives and is dropped
+    # A run of the same node due a second later: once it has run, the worker has had the cancelled root's
+    # message (due first) and dropped it.
+    later = run(m.trigger(f"{name}-later", start_delay=2500))["run_id"]
+    assert run(m.wait(later, timeout=60))["status"] == "SUCCESS" and later_path.exists()
+    wait_until(lambda: skipped_deliveries(worker, "Stamp") > skipped, timeout=10, what="the message to be dropped")
     assert not path.exists()
     assert run(m.get_run(run_id))["status"] == "CANCELLED"
 
@@ -236,7 +250,12 @@ def test_cancel_racing_a_completing_state_leaves_nothing_running(pg_stack: Stack
         lock.rollback()
         canceller.join(timeout=30)
     assert result["run"]["status"] == "CANCELLED"  # type: ignore[index]
-    time.sleep(2.0)
+    # Nothing can be claimed once the cancel committed: wait until every execution claimed before it ended.
+    worker = _workers[id(pg_stack)]
+    for s in run(m.list_states(run_id)):
+        if s["attempts"] > 0:
+            sid = s["id"]
+            wait_until(lambda sid=sid: execution_ended(worker, sid), timeout=30, what=f"the execution of {sid} to end")
     states = run(m.list_states(run_id))
     assert all(s["status"] not in {"CREATED", "QUEUED"} for s in states), [
         (s["identifier"], s["status"]) for s in states

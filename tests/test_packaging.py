@@ -23,7 +23,8 @@ from exo_celery import __version__
 
 from .support import ROOT, Proc
 
-pytestmark = pytest.mark.slow
+# Builds a wheel and installs it into a fresh venv (pip alone may take up to 15 minutes).
+pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ExoError
+from ..errors import ExoError, WaitTimeout
 from ..loading import load_nodes, split_specs
 from .output import (
     console,
@@ -428,7 +428,7 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
                 return run
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                raise WaitTimeout(f"run {run_id} is still {run['status']} after {timeout} s")
             ended.wait_sync(pause if left is None else min(pause, left))
 
 
@@ -548,21 +548,12 @@ def db_upgrade(
     as_json: JsonOption = False,
 ) -> None:
     """Create the ledger's tables, or upgrade them to the newest revision (safe to repeat)."""
-    from sqlalchemy import create_engine
-
-    from ..ledger.db import _tune_sqlite, pgbouncer_url
+    from ..ledger.db import open_engine
     from ..ledger.migrations import current_revision, upgrade
     from ..settings import load_settings
 
     url = load_settings().ledger_url
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-        _tune_sqlite(engine)
-    else:
-        engine = create_engine(pgbouncer_url(url)[0])
+    engine = open_engine(url, make_folder=True)
     try:
         before = current_revision(engine)
         after = upgrade(engine, revision)
@@ -580,14 +571,12 @@ def db_upgrade(
 @db_app.command("current")
 def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Print the ledger's schema revision (without changing anything)."""
-    from sqlalchemy import create_engine
-
-    from ..ledger.db import pgbouncer_url
+    from ..ledger.db import open_engine
     from ..ledger.migrations import HEAD, current_revision
     from ..settings import load_settings
 
     url = load_settings().ledger_url
-    engine = create_engine(pgbouncer_url(url)[0])
+    engine = open_engine(url)
     try:
         revision = current_revision(engine)
     finally:

@@ -206,6 +206,12 @@ def _create(url: str, worker: bool = False, make_folder: bool = True) -> Engine:
     return engine
 
 
+def open_engine(url: str, *, make_folder: bool = False) -> Engine:
+    """A new engine for `url`, set up as the ledger's own are (SQLite tuned, PgBouncer's flag honoured), for
+    one-off commands such as `exo-celery db upgrade`: it neither migrates nor is kept, so the caller disposes it."""
+    return _create(url, make_folder=make_folder)
+
+
 def _pool_options(worker: bool) -> dict[str, Any]:
     if _executions is None:
         return {"pool_size": 5, "max_overflow": 10}

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import NullPool
 
+from ..errors import NoHeartbeatTable
 from .clock import ledger_now
 from .db import get_engine, is_postgres
 from .tables import heartbeats
@@ -47,8 +48,7 @@ class LastBeat:
     sweep_interval: float
 
 
-class NoHeartbeatTable(Exception):
-    """The ledger predates heartbeats (run `exo-celery db upgrade`)."""
+_NO_TABLE = f"the ledger has no {heartbeats.name} table (run `exo-celery db upgrade`, then start beat)"
 
 
 def last_beat(url: str, name: str | None = None) -> LastBeat | None:
@@ -59,12 +59,12 @@ def last_beat(url: str, name: str | None = None) -> LastBeat | None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path != ":memory:" and not os.path.exists(path):
-            raise NoHeartbeatTable(heartbeats.name)  # and do not create an empty ledger file
+            raise NoHeartbeatTable(_NO_TABLE)  # and do not create an empty ledger file
     engine: Engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
             if not inspect(conn).has_table(heartbeats.name):
-                raise NoHeartbeatTable(heartbeats.name)
+                raise NoHeartbeatTable(_NO_TABLE)
             age = (ledger_now() - heartbeats.c.beat_at).label("age")
             query = select(heartbeats.c.name, heartbeats.c.host, heartbeats.c.pid, heartbeats.c.sweep_interval, age)
             if name is not None:

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, case, delete, func, insert, select, u
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..engine import NewState
-from ..errors import NotFoundError
+from ..errors import ConflictError, NotFoundError
 from ..status import TERMINAL_RUNS, RunStatus, StateStatus
 from . import clock
 from .db import get_engine, is_postgres
@@ -194,7 +194,7 @@ class Repo:
                     return version
                 except IntegrityError:
                     continue  # a concurrent upsert took this version number
-        raise RuntimeError(f"could not store graph {name!r}: too many concurrent upserts")
+        raise ConflictError(f"could not store graph {name!r}: too many concurrent upserts")
 
     def latest_version(self, namespace: str, name: str) -> int | None:
         """The newest version number of a graph (cheap: no template), or None."""
@@ -315,7 +315,7 @@ class Repo:
             if outcome == "duplicate":
                 return None  # a unique key: another beat fired it, or a trigger repeated its idempotency key
             self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
-        raise RuntimeError(f"could not trigger graph {graph_name!r}: its version kept changing")
+        raise ConflictError(f"could not trigger graph {graph_name!r}: its version kept changing")
 
     def _insert_run(
         self,
@@ -459,6 +459,3 @@ def outputs_of(conn: Connection, state_ids: list[str]) -> dict[str, dict[str, An
         return {}
     rows = conn.execute(select(states.c.id, states.c.outputs).where(states.c.id.in_(state_ids))).all()
     return {sid: out or {} for sid, out in rows}
-
-
-SUCCESS = StateStatus.SUCCESS.value

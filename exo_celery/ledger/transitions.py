@@ -707,7 +707,7 @@ def _opened_or_closed(before: int, after: int) -> int:
     return int(before <= 0 < after) - int(after <= 0 < before)
 
 
-class _NotOurs(Exception):
+class _NotOurs(Exception):  # internal control flow: caught in this module, never reaches users
     """The state was finished by another delivery, or its lease was taken over: change nothing."""
 
 

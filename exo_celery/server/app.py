@@ -10,7 +10,15 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import ConfigError, ExoError, GraphValidationError, NotFoundError, StateError, TriggerError
+from ..errors import (
+    ConfigError,
+    ConflictError,
+    ExoError,
+    GraphValidationError,
+    NotFoundError,
+    StateError,
+    TriggerError,
+)
 from ..settings import Settings, load_settings
 from . import api, dashboard
 from .auth import CSRF_COOKIE, CSRF_HEADER, KEY_HEADER, KeyRing, host_is_loopback
@@ -56,6 +64,7 @@ def create_app(settings: Settings | None = None, ring: KeyRing | None = None, fl
         (GraphValidationError, 422),
         (TriggerError, 400),
         (StateError, 409),
+        (ConflictError, 409),
         (ConfigError, 500),
         (ExoError, 400),
     ]

@@ -27,7 +27,7 @@ e, q = p.e, p.q
 PROBLEMS = [StateStatus.ERRORED.value, StateStatus.NEXT_CREATED_ERROR.value]
 
 
-class LoginRequired(Exception):
+class LoginRequired(Exception):  # internal control flow: the app's handler turns it into a redirect to /login
     """A page was asked for without a valid session while keys are on."""
 
 

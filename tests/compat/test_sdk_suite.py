@@ -18,6 +18,8 @@ from ..support import CI, ROOT
 DEFAULT_ARGS = "tests/compat/sdk"
 
 
+# Its inner suite may take 15 minutes (its own timeout), after the compat venv is built (pip, minutes).
+@pytest.mark.timeout(1800)
 def test_compat_suite_passes_on_python_312_against_the_real_sdk(sdk_python: Path) -> None:
     if os.environ.get("EXO_COMPAT_INNER"):
         pytest.skip("already inside the compat interpreter")

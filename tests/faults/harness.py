@@ -341,6 +341,15 @@ def deliveries(procs: Iterable[Proc]) -> tuple[int, int]:
     return received, claimed
 
 
+# How Celery logs the end of a task it received: a result, a retry, an exception, or an ignored task.
+_TASK_ENDED = re.compile(r"\] (succeeded in |retry: |raised |ignored)")
+
+
+def all_handled(procs: Iterable[Proc]) -> bool:
+    """True when each of these workers logged an end for every task message it logged as received."""
+    return all(p.text().count("] received") <= len(_TASK_ENDED.findall(p.text())) for p in procs)
+
+
 def beat_resent(procs: Iterable[Proc]) -> tuple[int, int]:
     """(due states released, lost or orphaned states re-sent) over these beat processes' logs."""
     released = resent = 0

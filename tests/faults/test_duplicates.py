@@ -27,6 +27,7 @@ from .harness import (
     Figures,
     Ledger,
     PrivateRedis,
+    all_handled,
     beat_resent,
     check_fan_run,
     deliveries,
@@ -93,7 +94,7 @@ def test_every_message_published_three_times(fstack: Stack, private_redis: Priva
     executed = 1 + width + 1  # fan, the work states, gather
     sent = executed + 2 * len(duplicated) + 2 * len(late)  # originals, live duplicates, late ones (no beat here)
     wait_until(lambda: deliveries(workers)[0] >= sent, 30, "every duplicate delivered")
-    time.sleep(0.5)
+    wait_until(lambda: all_handled(workers), 30, "every delivered message handled")
     after = _snapshot(ledger, run_id)
 
     check = check_fan_run(ledger, run_id, width)
@@ -179,7 +180,7 @@ def test_redelivered_after_the_worker_died_on_redis(
     with Connection(private_redis.url, transport_options={"visibility_timeout": 0}) as conn:
         conn.default_channel.qos.restore_visible(num=1000)
     wait_until(lambda: deliveries([b])[0] >= received_before + unacked, 30, "the old messages redelivered")
-    time.sleep(0.5)
+    wait_until(lambda: all_handled([b]), 30, "the redelivered messages handled")
     after = _snapshot(ledger, run_id)
 
     lines = effect_lines(path)

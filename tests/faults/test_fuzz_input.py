@@ -41,6 +41,31 @@ REGISTERED = ["FanOut", "Work", "Gather", "Echo", "Parse", "Leak"]
 class Fuzz:
     """A manager on a private ledger with every fault node registered, and outcome tallies."""
 
+    def half_written(self) -> dict[str, int]:
+        """Rows of this namespace that only part of a call wrote, as the ledger holds them now."""
+        ns = (self.ns,)
+        checks = {
+            "runs without a state": "SELECT count(*) FROM exo_runs r WHERE r.namespace = %s"
+            " AND NOT EXISTS (SELECT 1 FROM exo_states s WHERE s.run_id = r.id)",
+            "states without their run": "SELECT count(*) FROM exo_states s WHERE s.namespace = %s"
+            " AND NOT EXISTS (SELECT 1 FROM exo_runs r WHERE r.id = s.run_id)",
+            "runs without their graph version": "SELECT count(*) FROM exo_runs r WHERE r.namespace = %s"
+            " AND NOT EXISTS (SELECT 1 FROM exo_graphs g WHERE g.namespace = r.namespace"
+            " AND g.name = r.graph_name AND g.version = r.graph_version)",
+            # The target graph requires store key r: a run of it without that row lost its store.
+            "runs of 'target' without their store": "SELECT count(*) FROM exo_runs r WHERE r.namespace = %s"
+            " AND r.graph_name = 'target'"
+            " AND NOT EXISTS (SELECT 1 FROM exo_store st WHERE st.run_id = r.id AND st.key = 'r')",
+            "runs whose outstanding count is off": "SELECT count(*) FROM exo_runs r WHERE r.namespace = %s"
+            " AND r.outstanding <> (SELECT count(*) FROM exo_states s WHERE s.run_id = r.id"
+            " AND s.status IN ('CREATED', 'QUEUED', 'EXECUTED'))",
+        }
+        found = {what: int(self.ledger.value(sql, ns)) for what, sql in checks.items()}
+        orphans = "SELECT count(*) FROM {} t WHERE NOT EXISTS (SELECT 1 FROM exo_runs r WHERE r.id = t.run_id)"
+        for table in ("exo_store", "exo_scopes"):  # no namespace column: the module's ledger is its own
+            found[f"{table} rows without their run"] = int(self.ledger.value(orphans.format(table)))
+        return found
+
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.ns = uid("fz")
@@ -50,6 +75,7 @@ class Fuzz:
         self.ledger = Ledger(stack.database_url or "")
         self.tally: Counter[str] = Counter()
         self.known: Counter[str] = Counter()
+        self.unexpected = 0  # exceptions that were neither an ExoError nor a known defect (each fails its test)
         self.manager.upsert_graph_sync(
             "target",
             [{"node_name": "Echo", "identifier": "root", "inputs": {"text": "${{ store.r }}/${{ store.d }}"}}],
@@ -264,6 +290,7 @@ def test_fuzzed_templates_are_stored_or_rejected_cleanly(
     except Exception as exc:
         defect = known_defect(exc)
         if defect is None:
+            fuzz.unexpected += 1
             raise
         assert fuzz.ledger.table_counts() == before, "a failed upsert wrote something"
         fuzz.known[defect] += 1
@@ -328,6 +355,7 @@ def test_fuzzed_triggers_start_a_run_or_are_rejected_cleanly(
     except Exception as exc:
         defect = known_defect(exc)
         if defect is None:
+            fuzz.unexpected += 1
             raise
         assert fuzz.ledger.table_counts() == before, "a failed trigger wrote something"
         fuzz.known[defect] += 1
@@ -341,15 +369,19 @@ def test_fuzzed_triggers_start_a_run_or_are_rejected_cleanly(
 
 
 def test_fuzz_figures(fuzz: Fuzz, figures: Figures) -> None:
-    """Runs after the two fuzz tests (same module fixture): record what they saw."""
+    """Runs after the two fuzz tests (same module fixture): record what they saw, and what the ledger holds."""
+    half_written = fuzz.half_written()
     figures.record(
         "6-fuzzed-input",
-        examples=sum(fuzz.tally.values()) + sum(fuzz.known.values()),
+        examples=fuzz.tally["templates accepted"] + fuzz.tally["templates rejected"] + fuzz.tally["triggers accepted"]
+        + fuzz.tally["triggers rejected"] + sum(fuzz.known.values()) + fuzz.unexpected,
         **dict(fuzz.tally),
         known_defect_hits=dict(fuzz.known),
-        partial_writes=0,
-        unexpected_exceptions=0,
+        partial_writes=sum(half_written.values()),
+        unexpected_exceptions=fuzz.unexpected,
     )
+    assert fuzz.tally["triggers accepted"] > 0, "no run was written: the half-written checks saw nothing"
+    assert not any(half_written.values()), half_written
 
 
 # -- the known defects, one minimal reproduction each ---------------------------------------------

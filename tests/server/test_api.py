@@ -7,12 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from ..support import ROOT
 from .conftest import A_KEY, ADMIN_KEY, NS_A, NS_B, Live, flaky_path, items
-
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 def test_namespaces_nodes_and_graphs_are_listed(live: Live) -> None:

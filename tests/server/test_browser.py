@@ -18,7 +18,6 @@ import pytest
 from ..support import CI, ROOT, running_flower
 from .conftest import ADMIN_KEY, NS_A, Live, flaky_path, items
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 CHROMIUM = os.environ.get("EXO_TEST_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--headless",

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from .conftest import ADMIN_KEY, Live
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 EXAMPLES = 8
 # A schema-valid graph or trigger body can still be refused by graph validation (422/400 with every
 # problem listed): the schema cannot say "exactly one root", so that check does not apply.

@@ -15,9 +15,8 @@ from ..compat.conftest import sdk_python  # noqa: F401  (the fixture)
 from ..support import ROOT
 from .conftest import ADMIN_KEY, NS_A, Live
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-
+@pytest.mark.timeout(1200)  # the first user of `sdk_python` builds the compat venv (pip, minutes)
 def test_the_sdk_http_state_manager_drives_a_run(live: Live, sdk_python: Path) -> None:  # noqa: F811
     done = subprocess.run(
         [str(sdk_python), str(ROOT / "tests/compat/sdk_http_client.py"), live.url, NS_A, ADMIN_KEY],

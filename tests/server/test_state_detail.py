@@ -8,7 +8,6 @@ import re
 import time
 
 import httpx
-import pytest
 from sqlalchemy import create_engine, func, select, update
 
 from exo_celery.ledger.repo import Repo
@@ -17,7 +16,6 @@ from exo_celery.ledger.tables import runs, store_writes
 from ..support import uid
 from .conftest import ADMIN_KEY, GRAPHS, NS_A, Live, items
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 SECRET = "top-secret-9f8e7d"  # the `secret` graph's
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +69,19 @@ def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.05, w
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not met after {timeout} s")
         time.sleep(interval)
+
+
+def execution_ended(worker: Proc, state_id: str) -> bool:
+    """True once `worker`'s log says how its last execution of `state_id` ended: a line naming the state after
+    its `status=RUNNING` one (a new status, "cancelled ... the node was stopped", "already recorded ...")."""
+    text = worker.text()
+    started = list(re.finditer(rf"state={state_id} .*status=RUNNING\n", text))
+    return bool(started) and state_id in text[started[-1].end() :]
+
+
+def skipped_deliveries(worker: Proc, node_name: str) -> int:
+    """How many messages for `node_name` `worker` received and dropped (Celery logs their result SKIPPED)."""
+    return len(re.findall(rf"\.{node_name}\[[^\]]+\] succeeded in [^:]*: \{{'status': 'SKIPPED'\}}", worker.text()))
 
 
 def by_identifier(states: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
