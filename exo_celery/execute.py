@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .crypto import redact
-from .ledger.transitions import Outcome
 from .node import Store
+from .outcomes import Outcome
 from .signals import as_prune, as_requeue
 from .validate import text_problem
 

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..engine import NewState
 from ..errors import NotFoundError
-from ..status import TERMINAL_RUNS, RunStatus, StateStatus
+from ..status import RunStatus, StateStatus
 from . import clock
 from .db import get_engine, is_postgres
 from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
-from .tables import graphs, nodes, runs, scopes, states, store, store_writes
+from .sweeps import purge_finished_runs
+from .tables import graphs, nodes, runs, states, store
 
 
-def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) -> dict[str, Any]:
+def state_values(s: NewState, run: Mapping[str, Any], now: float, due_at: float) -> dict[str, Any]:
     """The row of a planned state; `run` gives run_id, graph_namespace, graph_name, graph_version."""
     return {
         "id": s.id,
@@ -50,6 +51,10 @@ def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) ->
         "created_at": now,
         "updated_at": now,
     }
+
+
+InsertResult = Literal["inserted", "duplicate", "stale"]
+"""What inserting a run did (`Repo.create_run`)."""
 
 
 @dataclass
@@ -240,25 +245,43 @@ class Repo:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     # -- runs ------------------------------------------------------------
+    def version_for_run(self, namespace: str, graph_name: str) -> int:
+        """The version a new run of a graph is made of: its newest (on PostgreSQL, the one this repo saw
+        last, which `create_run` checks is still the newest). NotFoundError if the graph has none."""
+        if not self.postgres:
+            with self.engine.connect() as conn:
+                return self._latest_version(conn, namespace, graph_name)
+        seen = self._seen_versions.get((namespace, graph_name))
+        if seen is not None:
+            return seen
+        for attempt in range(2):
+            try:
+                with get_engine(self.url, autocommit=True).connect() as conn:
+                    return self._latest_version(conn, namespace, graph_name)
+            except DBAPIError as exc:
+                # That pool does not ping on checkout: a connection the server dropped fails once.
+                if attempt or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     def create_run(
         self,
         namespace: str,
         graph_name: str,
-        prepare: Callable[[int], NewRun],
+        version: int,
+        run: NewRun,
         cron_key: str | None = None,
         idempotency_key: str | None = None,
-    ) -> NewRun | None:
-        """Insert a run of the newest version of a graph, with its store and its root state, in one transaction.
+    ) -> InsertResult:
+        """Insert a run of `version` of a graph, with its store and its root state, atomically.
 
-        `prepare(version)` builds the run (raising inserts nothing). Returns None when `cron_key` was
-        already used (another beat fired it) or `idempotency_key` names a run of the namespace already.
+        "inserted"; "duplicate" when `cron_key` was already used (another beat fired it) or
+        `idempotency_key` names a run of the namespace already; "stale" (PostgreSQL) when `version` is
+        no longer the newest: nothing was inserted, build the run of the newest version and call again.
         """
         if self.postgres:
-            return self._create_run_in_one_statement(namespace, graph_name, prepare, cron_key, idempotency_key)
+            return self._create_run_in_one_statement(namespace, graph_name, version, run, cron_key, idempotency_key)
         with self.engine.connect() as conn:
-            version = self._latest_version(conn, namespace, graph_name)
-            conn.commit()  # `prepare` may read the ledger too, and SQLite allows one writer
-            run = prepare(version)
             conn.begin()
             now = clock.now(self.url)
             run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
@@ -270,52 +293,45 @@ class Repo:
                         conn.execute(INSERT_RUN, run_row)
                 except IntegrityError:
                     conn.rollback()
-                    return None
+                    return "duplicate"
             if run.store_values:
                 conn.execute(
                     INSERT_STORE, [{"run_id": run.run_id, "key": k, "value": v} for k, v in run.store_values.items()]
                 )
             conn.execute(INSERT_STATES, _root_row(run, run_row, now))
             conn.commit()
-        return run
+        return "inserted"
 
     def _create_run_in_one_statement(
         self,
         namespace: str,
         graph_name: str,
-        prepare: Callable[[int], NewRun],
+        version: int,
+        run: NewRun,
         cron_key: str | None,
         idempotency_key: str | None = None,
-    ) -> NewRun | None:
-        """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names the version
-        this repo saw last, and inserts nothing if a newer one was stored since (then it looks again)."""
+    ) -> InsertResult:
+        """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names `version`,
+        and inserts nothing if a newer one was stored since ("stale")."""
         key = (namespace, graph_name)
-        for _ in range(10):
-            version = self._seen_versions.get(key)
-            run: NewRun | None = None
-            for attempt in range(2):
-                try:
-                    with get_engine(self.url, autocommit=True).connect() as conn:
-                        version = version or self._latest_version(conn, namespace, graph_name)
-                        run = run or prepare(version)
-                        outcome = self._insert_run(
-                            conn, namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key
-                        )
-                    break
-                except DBAPIError as exc:
-                    # That pool does not ping on checkout: a connection the server dropped fails once and
-                    # the pool replaces them all. The retry keeps the run id, so an insert that got
-                    # through just before its connection died is found instead of made twice.
-                    if attempt or not exc.connection_invalidated:
-                        raise
-            assert version is not None and run is not None
-            if outcome == "inserted":
-                self._seen_versions[key] = version
-                return run
-            if outcome == "duplicate":
-                return None  # a unique key: another beat fired it, or a trigger repeated its idempotency key
+        for attempt in range(2):
+            try:
+                with get_engine(self.url, autocommit=True).connect() as conn:
+                    outcome = self._insert_run(
+                        conn, namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key
+                    )
+                break
+            except DBAPIError as exc:
+                # That pool does not ping on checkout: a connection the server dropped fails once and
+                # the pool replaces them all. The retry keeps the run id, so an insert that got
+                # through just before its connection died is found instead of made twice.
+                if attempt or not exc.connection_invalidated:
+                    raise
+        if outcome == "stale":
             self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
-        raise RuntimeError(f"could not trigger graph {graph_name!r}: its version kept changing")
+        else:
+            self._seen_versions[key] = version
+        return outcome
 
     def _insert_run(
         self,
@@ -327,7 +343,7 @@ class Repo:
         cron_key: str | None,
         retried: bool,
         idempotency_key: str | None = None,
-    ) -> str:
+    ) -> InsertResult:
         """ "inserted", "stale" (a newer version exists) or "duplicate" (the cron or idempotency key was used)."""
         now = clock.now(self.url)
         run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
@@ -438,19 +454,7 @@ class Repo:
     # -- retention -------------------------------------------------------
     def purge_finished_runs(self, older_than: float, batch: int = 500) -> int:
         """Delete runs finished before `older_than`, with their states, scopes, store and store writes."""
-        with self.engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(runs.c.id)
-                    .where(runs.c.status.in_([s.value for s in TERMINAL_RUNS]), runs.c.finished_at < older_than)
-                    .limit(batch)
-                ).scalars()
-            )
-            if ids:
-                for table in (states, scopes, store, store_writes):
-                    conn.execute(delete(table).where(table.c.run_id.in_(ids)))
-                conn.execute(delete(runs).where(runs.c.id.in_(ids)))
-        return len(ids)
+        return purge_finished_runs(self.engine, older_than, batch)  # retention is a sweep: sweeps.py owns it
 
 
 def outputs_of(conn: Connection, state_ids: list[str]) -> dict[str, dict[str, Any]]:
