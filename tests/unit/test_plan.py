@@ -11,7 +11,7 @@ import pytest
 from exo_celery.engine import CompiledGraph, InputRules, NewState, Source, barrier_fires
 from exo_celery.graph import GraphNodeModel, GraphTemplate, RetryPolicyModel, UnitesModel
 from exo_celery.ledger.moves import COMPLETE
-from exo_celery.outcomes import Outcome
+from exo_celery.outcomes import BarrierStrategy, Outcome
 from exo_celery.plan import (
     MAX_DELIVERIES,
     OutcomePlan,
@@ -305,7 +305,7 @@ def test_opened_or_closed() -> None:
         (JOIN, 0, 1, False),
     ],
 )
-def test_barrier_fires(strategy: str, failed: int, pruned: int, fires: bool) -> None:
+def test_barrier_fires(strategy: BarrierStrategy, failed: int, pruned: int, fires: bool) -> None:
     barrier = Barrier("u", "a", strategy, frozenset({"b"}))
     assert barrier_fires(barrier, failed, pruned) is fires
 
