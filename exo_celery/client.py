@@ -24,7 +24,8 @@ from .ledger import clock
 from .ledger.db import translate_errors, without_password
 from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, READY_TIMEOUT, subscribe
-from .ledger.repo import NewRun, Repo
+from .ledger.repo import Repo
+from .ledger.runs import NewRun
 from .ledger.runtimes import Runtimes, waiting_reason
 from .ledger.transitions import Transitions
 from .mapping import as_text

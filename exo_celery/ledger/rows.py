@@ -9,9 +9,42 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from ..engine import NewState
-from .repo import state_values
 from .statements import INSERT_STATES, upsert_store
 from .tables import store
+
+
+def state_values(s: NewState, run: Mapping[str, Any], now: float, due_at: float) -> dict[str, Any]:
+    """The row of a planned state; `run` gives run_id, graph_namespace, graph_name, graph_version."""
+    return {
+        "id": s.id,
+        "run_id": run["run_id"],
+        "namespace": s.namespace,
+        "graph_namespace": run["graph_namespace"],
+        "graph_name": run["graph_name"],
+        "graph_version": run["graph_version"],
+        "identifier": s.identifier,
+        "node_name": s.node_name,
+        "status": s.status.value,
+        "inputs": s.inputs,
+        "outputs": s.outputs,
+        "error": None,
+        "data": None,
+        "retry_count": s.retry_count,
+        "parents": s.parents,
+        "scopes": s.scopes,
+        "branch": s.branch,
+        "execution_id": s.execution_id,
+        "fingerprint": s.fingerprint,
+        "retry_of": s.retry_of,
+        "due_at": due_at,
+        "lease_token": None,
+        "lease_until": None,
+        "dispatched_at": now,
+        "started_at": None,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def insert_states(conn: Connection, new: list[NewState], row: Mapping[str, Any], now: float, due_at: float) -> None:
