@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from .ledger import clock
-from .ledger.transitions import Dispatch
+from .outcomes import Dispatch
 from .settings import Settings
 
 # RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout (30 min by

@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, wraps
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from .errors import (
     ArgumentError,
     BrokerUnavailable,
     ConfigError,
+    ConflictError,
     GraphValidationError,
     NotFoundError,
     TriggerError,
@@ -31,10 +33,13 @@ from .ledger import clock
 from .ledger.db import translate_errors, without_password
 from .ledger.meta import check_secrets_key
 from .ledger.notify import FALLBACK_POLL, READY_TIMEOUT, subscribe
-from .ledger.repo import NewRun, Repo
+from .ledger.repo import Repo
+from .ledger.runs import NewRun
 from .ledger.runtimes import Runtimes, waiting_reason
-from .ledger.transitions import Dispatch, Transitions
+from .ledger.transitions import Transitions
 from .mapping import as_text
+from .outcomes import Dispatch, dispatch_of
+from .plan import status_for_due
 from .settings import Settings, load_settings
 from .status import TERMINAL_RUNS, RunStatus, StateStatus
 from .validate import name_problem, store_key_problem, text_problem, validate_template
@@ -91,6 +96,38 @@ def iso(ts: float | None) -> str | None:
 
 MAX_IDEMPOTENCY_KEY = 300
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _trigger_problems(
+    inputs: object, store: object, start_delay: object, idempotency_key: object
+) -> list[str]:
+    """What is wrong with a trigger's arguments themselves (before any value or the graph is looked at)."""
+    problems: list[str] = []
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str)
+        or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+        or "\x00" in idempotency_key
+        or _SURROGATE.search(idempotency_key)
+    ):
+        problems.append(f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters without NUL")
+    for kind, given in (("inputs", inputs), ("store", store)):
+        if given is not None and not isinstance(given, dict):
+            problems.append(f"{kind} must be a dict of strings, got {type(given).__name__}")
+    if not isinstance(start_delay, (int, float)) or not math.isfinite(start_delay) or start_delay < 0:
+        problems.append(f"start_delay must be a finite number of milliseconds >= 0, got {start_delay!r}")
+    return problems
+
+
+@dataclass
+class _RunRequest:
+    """What a trigger asks for, checked; `dropped` collects the inputs the root does not take."""
+
+    graph_name: str
+    given: dict[str, str]
+    store: dict[str, str]
+    start_delay: float
+    value_problems: list[str]
+    dropped: list[str] = field(default_factory=list)
 
 
 _Cls = TypeVar("_Cls", bound=type)
@@ -367,66 +404,24 @@ class StateManager:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Blocking form of `trigger`; `cron_key` makes a cron firing happen once."""
-        problems: list[str] = []
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str)
-            or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-            or "\x00" in idempotency_key
-            or _SURROGATE.search(idempotency_key)
-        ):
-            problems.append(f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters without NUL")
-        for kind, given in (("inputs", inputs), ("store", store)):
-            if given is not None and not isinstance(given, dict):
-                problems.append(f"{kind} must be a dict of strings, got {type(given).__name__}")
-        if not isinstance(start_delay, (int, float)) or not math.isfinite(start_delay) or start_delay < 0:
-            problems.append(f"start_delay must be a finite number of milliseconds >= 0, got {start_delay!r}")
+        problems = _trigger_problems(inputs, store, start_delay, idempotency_key)
         if problems:
             raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
         given, store = dict(inputs or {}), dict(store or {})
         value_problems = _value_problems(given, store)
         self._check_graph_name(graph_name)
-        dropped: list[str] = []
-
-        def prepare(version: int) -> NewRun:
-            graph = self._with_secrets(self._load_graph(graph_name, version))
-            known = self._root_inputs(graph) if given else set()
-            dropped[:] = [key for key in given if key not in known]
-            inputs = {key: value for key, value in given.items() if key in known}
-            problems = list(value_problems)
-            root_spec = graph.topology.nodes[graph.topology.root]
-            for kind, value in (("namespace", graph.namespace_of(root_spec.identifier)), ("node", root_spec.node_name)):
-                if (problem := name_problem(f"root {kind}", value)) is not None:
-                    problems.append(f"{problem} (re-upsert the graph)")
-            missing = [k for k in graph.template.store_config.required_keys if k not in store]
-            if missing:
-                problems.append(f"required store key(s) missing: {missing}")
-            if problems:
-                raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
-            rules = graph.input_rules(self.settings.max_input_bytes)
-            full_store = {**graph.template.store_config.default_values, **store}
-            run_id = new_id()
-            try:
-                root = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store, rules)
-            except PlanError as exc:
-                raise TriggerError(f"cannot trigger graph {graph_name!r}: {exc}") from exc
-            now = clock.now(self.settings.ledger_url)
-            due_at = now + start_delay / 1000.0
-            if due_at - now > self.settings.max_countdown:
-                root.status = StateStatus.CREATED
-            # A secret value given as a store value is stored as *** (as the root's rendered inputs are).
-            return NewRun(run_id, root, redact(full_store, graph.hidden) if graph.hidden else full_store, due_at)
-
         if idempotency_key is not None and (existing := self._existing_run(graph_name, idempotency_key)):
             return existing
         if cron_key is None:  # beat's cron firings are written anyway: its sweep sends them once the broker is back
             self._check_broker()
-        run = self.repo.create_run(self.namespace, graph_name, prepare, cron_key, idempotency_key)
-        extra = {"graph_name": graph_name, "namespace": self.namespace, "dropped_inputs": list(dropped)}
-        if dropped:
+        request = _RunRequest(graph_name, given, store, start_delay, value_problems)
+        run = self._insert_run(request, cron_key, idempotency_key)
+        extra = {"graph_name": graph_name, "namespace": self.namespace, "dropped_inputs": list(request.dropped)}
+        if request.dropped:
             log.warning(
                 "trigger of graph %r: dropped input(s) %s, which the root node does not take",
                 graph_name,
-                ", ".join(repr(k) for k in dropped),
+                ", ".join(repr(k) for k in request.dropped),
             )
         if run is None:
             if idempotency_key is not None and (existing := self._existing_run(graph_name, idempotency_key)):
@@ -439,6 +434,48 @@ class StateManager:
             )
         created = {"status": "CREATED", "run_id": run_id, **extra}
         return created if idempotency_key is None else {**created, "existing": False}
+
+    def _insert_run(self, request: _RunRequest, cron_key: str | None, idempotency_key: str | None) -> NewRun | None:
+        """Build the run of the graph's newest version and insert it (again if a newer version was stored
+        meanwhile); None when its cron or idempotency key was used already."""
+        name = request.graph_name
+        for _ in range(10):
+            version = self.repo.version_for_run(self.namespace, name)
+            run = self._prepare_run(request, version)
+            inserted = self.repo.create_run(self.namespace, name, version, run, cron_key, idempotency_key)
+            if inserted != "stale":
+                return run if inserted == "inserted" else None
+        raise ConflictError(f"could not trigger graph {name!r}: its version kept changing")
+
+    def _prepare_run(self, request: _RunRequest, version: int) -> NewRun:
+        """The run of `version` a trigger asks for: its root state (inputs rendered), store and due time."""
+        graph_name, given, store = request.graph_name, request.given, request.store
+        graph = self._with_secrets(self._load_graph(graph_name, version))
+        known = self._root_inputs(graph) if given else set()
+        request.dropped[:] = [key for key in given if key not in known]
+        inputs = {key: value for key, value in given.items() if key in known}
+        problems = list(request.value_problems)
+        root_spec = graph.topology.nodes[graph.topology.root]
+        for kind, value in (("namespace", graph.namespace_of(root_spec.identifier)), ("node", root_spec.node_name)):
+            if (problem := name_problem(f"root {kind}", value)) is not None:
+                problems.append(f"{problem} (re-upsert the graph)")
+        missing = [k for k in graph.template.store_config.required_keys if k not in store]
+        if missing:
+            problems.append(f"required store key(s) missing: {missing}")
+        if problems:
+            raise TriggerError(f"cannot trigger graph {graph_name!r}: " + "; ".join(problems))
+        rules = graph.input_rules(self.settings.max_input_bytes)
+        full_store = {**graph.template.store_config.default_values, **store}
+        run_id = new_id()
+        try:
+            root = plan_root(graph.topology, graph.namespace_of, run_id, inputs, full_store, rules)
+        except PlanError as exc:
+            raise TriggerError(f"cannot trigger graph {graph_name!r}: {exc}") from exc
+        now = clock.now(self.settings.ledger_url)
+        due_at = now + request.start_delay / 1000.0
+        root.status = status_for_due(due_at, now, self.settings.max_countdown)
+        # A secret value given as a store value is stored as *** (as the root's rendered inputs are).
+        return NewRun(run_id, root, redact(full_store, graph.hidden) if graph.hidden else full_store, due_at)
 
     def _existing_run(self, graph_name: str, idempotency_key: str) -> dict[str, Any] | None:
         """The run an earlier trigger with this key made (its root re-sent if it never arrived), or None."""
@@ -454,19 +491,7 @@ class StateManager:
         sent_long_ago = clock.now(self.settings.ledger_url) - self.settings.lease_seconds
         if root is not None and (root["dispatched_at"] or 0) < sent_long_ago:
             # Its first publish may have failed: a repeated trigger sends it again (a duplicate is harmless).
-            self._publish(
-                [
-                    Dispatch(
-                        root["id"],
-                        root["run_id"],
-                        root["namespace"],
-                        root["node_name"],
-                        root["graph_name"],
-                        root["identifier"],
-                        root["due_at"],
-                    )
-                ]
-            )
+            self._publish([dispatch_of(root)])
         return {
             "status": "CREATED",
             "run_id": row["id"],

@@ -26,7 +26,7 @@ A class that is also a builtin keeps the type its raise had before, so `except V
 pydantic validators, which turn a ValueError into a ValidationError) work as they did.
 
 Signals (`PruneSignal`, `ReQueueAfterSignal`) are control flow, not errors. So are a few
-exceptions that never leave the library (`execute.NodeCancelled`, the ledger's `_NotOurs`, the
+exceptions that never leave the library (`execute.NodeCancelled`, `ledger.finish.NotOurs`, the
 dashboard's `LoginRequired`); tests/unit/test_errors.py lists them and checks that every other
 raise in the library is one of the classes above.
 """

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from .crypto import redact
 from .errors import OutputError
-from .ledger.transitions import Outcome
 from .node import Store
+from .outcomes import Outcome
 from .signals import as_prune, as_requeue
 from .validate import text_problem
 

@@ -180,6 +180,25 @@ def parse_graph_parts(
     """
     collect = errors
     errors = [] if collect is None else collect
+    nodes = _parse_nodes(graph_nodes, errors)
+    policy = _coerce(RetryPolicyModel, retry_policy, "retry_policy", errors)
+    store = _coerce(StoreConfigModel, store_config, "store_config", errors)
+    if triggers is not None and not isinstance(triggers, (list, tuple)):
+        errors.append(f"triggers: expected a list of triggers, got {type(triggers).__name__}")
+        triggers = []
+    _check_input_values(nodes, errors)
+    parsed_triggers: list[CronTrigger] = []
+    for i, raw in enumerate(triggers or []):
+        try:
+            parsed_triggers.append(parse_trigger(raw))
+        except (ValidationError, ValueError, TypeError) as exc:
+            errors.append(f"triggers[{i}]: {exc}")
+    if errors and collect is None:
+        raise GraphValidationError(graph_name, errors)
+    return nodes, policy, store, parsed_triggers
+
+
+def _parse_nodes(graph_nodes: Any, errors: list[str]) -> list[GraphNodeModel]:
     nodes: list[GraphNodeModel] = []
     if not isinstance(graph_nodes, (list, tuple)):
         errors.append(f"nodes: expected a list of nodes, got {type(graph_nodes).__name__}")
@@ -191,24 +210,22 @@ def parse_graph_parts(
             errors.extend(_describe(exc, f"nodes[{i}]"))
     if not graph_nodes:
         errors.append("nodes: a graph needs at least one node")
+    return nodes
 
-    def coerce(model: type[BaseModel], raw: Any, where: str) -> Any:
-        if raw is None:
-            return model()
-        if isinstance(raw, model):
-            return raw
-        try:
-            return model.model_validate(plain(raw))
-        except ValidationError as exc:
-            errors.extend(_describe(exc, where))
-            return model()
 
-    policy = coerce(RetryPolicyModel, retry_policy, "retry_policy")
-    store = coerce(StoreConfigModel, store_config, "store_config")
-    parsed_triggers: list[CronTrigger] = []
-    if triggers is not None and not isinstance(triggers, (list, tuple)):
-        errors.append(f"triggers: expected a list of triggers, got {type(triggers).__name__}")
-        triggers = []
+def _coerce(model: type[BaseModel], raw: Any, where: str, errors: list[str]) -> Any:
+    if raw is None:
+        return model()
+    if isinstance(raw, model):
+        return raw
+    try:
+        return model.model_validate(plain(raw))
+    except ValidationError as exc:
+        errors.extend(_describe(exc, where))
+        return model()
+
+
+def _check_input_values(nodes: list[GraphNodeModel], errors: list[str]) -> None:
     for node in nodes:
         for field, value in node.inputs.items():
             try:
@@ -218,11 +235,3 @@ def parse_graph_parts(
                     f"node {node.identifier!r}: input {field!r} must be a string (or JSON value), "
                     f"got {type(value).__name__}"
                 )
-    for i, raw in enumerate(triggers or []):
-        try:
-            parsed_triggers.append(parse_trigger(raw))
-        except (ValidationError, ValueError, TypeError) as exc:
-            errors.append(f"triggers[{i}]: {exc}")
-    if errors and collect is None:
-        raise GraphValidationError(graph_name, errors)
-    return nodes, policy, store, parsed_triggers

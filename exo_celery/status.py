@@ -37,13 +37,16 @@ TERMINAL_STATES = frozenset(set(S) - ACTIVE_STATES)
 FAILED_STATES = frozenset({S.ERRORED, S.NEXT_CREATED_ERROR})
 TERMINAL_RUNS = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
 
-# Every transition the ledger may make; anything else is a bug.
+# Every status change the ledger may make; anything else is a bug. Each ledger statement that changes a
+# status declares its move in `ledger/moves.py`, checked against this table (tests/unit/test_status_moves.py).
+# QUEUED -> QUEUED is a requeue due soon (sent again with a countdown). EXECUTED is Exosphere's status
+# between outputs and children; here both commit in one transaction, so no state is ever EXECUTED.
 TRANSITIONS: dict[StateStatus, frozenset[StateStatus]] = {
     S.CREATED: frozenset({S.QUEUED, S.CANCELLED}),
     S.QUEUED: frozenset(
-        {S.CREATED, S.EXECUTED, S.SUCCESS, S.ERRORED, S.NEXT_CREATED_ERROR, S.PRUNED, S.RETRY_CREATED, S.CANCELLED}
+        {S.CREATED, S.QUEUED, S.SUCCESS, S.ERRORED, S.NEXT_CREATED_ERROR, S.PRUNED, S.RETRY_CREATED, S.CANCELLED}
     ),
-    S.EXECUTED: frozenset({S.SUCCESS, S.NEXT_CREATED_ERROR}),
+    S.EXECUTED: frozenset(),
     S.ERRORED: frozenset({S.RETRY_CREATED}),  # manual retry
     S.NEXT_CREATED_ERROR: frozenset({S.RETRY_CREATED}),
     S.SUCCESS: frozenset(),

@@ -19,8 +19,10 @@ from .errors import ConfigError, NotFoundError, StateErrored
 from .execute import Execution, run_node
 from .ledger.repo import Repo
 from .ledger.runtimes import Runtimes
-from .ledger.transitions import MAX_DELIVERIES, Completion, Outcome, Transitions, dispatch_of
+from .ledger.transitions import Transitions
 from .log_redaction import hide_in_logs
+from .outcomes import Completion, Outcome, dispatch_of
+from .plan import MAX_DELIVERIES
 from .poison import task_args_problem
 from .settings import Settings
 from .status import FAILED_STATES

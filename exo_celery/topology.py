@@ -14,9 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .graph import GraphNodeModel
+from .graph import GraphNodeModel, UnitesStrategyEnum
+from .outcomes import BarrierStrategy
 
-JOIN = "JOIN"
+JOIN: BarrierStrategy = "JOIN"
+_UNITE_STRATEGY: dict[UnitesStrategyEnum, BarrierStrategy] = {
+    UnitesStrategyEnum.ALL_SUCCESS: "ALL_SUCCESS",
+    UnitesStrategyEnum.ALL_DONE: "ALL_DONE",
+}
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,7 @@ class Barrier:
 
     node: str
     over: str
-    strategy: str  # ALL_SUCCESS, ALL_DONE or JOIN
+    strategy: BarrierStrategy
     region: frozenset[str]
 
     @property
@@ -198,7 +203,7 @@ def _peel_cycle(stuck: set[str], after: dict[str, list[str]]) -> set[str]:
     return stuck
 
 
-def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
+def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:  # noqa: C901  (issue 16: to split)
     """The template's topology, or None with every structural problem found (near-linear in size)."""
     errors: list[str] = []
     by_id: dict[str, GraphNodeModel] = {}
@@ -275,7 +280,7 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
                         errors.append(f"node {node!r}: predecessor {p!r} is not downstream of the united node {over!r}")
             else:
                 region = _reach(over, successors) - {node} - _reach(node, successors)
-            topo.barriers[node] = Barrier(node, over, spec.unites.strategy.value, frozenset(region))
+            topo.barriers[node] = Barrier(node, over, _UNITE_STRATEGY[spec.unites.strategy], frozenset(region))
         elif len(predecessors[node]) > 1:
             nearest = _nearest_common(predecessors[node], topo, index)
             if len(nearest) != 1:
@@ -314,13 +319,13 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
 
     links = topo.lineage.links
     for node in order:
-        barrier = topo.barriers.get(node)
-        if barrier is None:
+        waits = topo.barriers.get(node)
+        if waits is None:
             preds = predecessors[node]
             links[node] = (preds[0], frozenset((preds[0],))) if preds else (None, frozenset())
-        elif barrier.strategy == JOIN:
-            links[node] = (barrier.over, barrier.region | {barrier.over})
+        elif waits.strategy == JOIN:
+            links[node] = (waits.over, waits.region | {waits.over})
         else:
-            links[node] = (barrier.over, frozenset())
-            topo.gathers[node] = barrier.region | {barrier.over}
+            links[node] = (waits.over, frozenset())
+            topo.gathers[node] = waits.region | {waits.over}
     return topo, []

@@ -69,7 +69,7 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def validate_template(
+def validate_template(  # noqa: C901  (issue 16: to split)
     nodes: list[GraphNodeModel],
     secrets: dict[str, str],
     store_config: StoreConfigModel,

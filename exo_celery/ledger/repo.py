@@ -3,98 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ..engine import NewState
-from ..errors import ConflictError, NotFoundError
-from ..status import TERMINAL_RUNS, RunStatus, StateStatus
+from ..errors import ConflictError
+from ..status import StateStatus
 from . import clock
 from .db import get_engine, is_postgres
-from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
-from .tables import graphs, nodes, runs, scopes, states, store, store_writes
-
-
-def state_values(s: NewState, run: dict[str, Any], now: float, due_at: float) -> dict[str, Any]:
-    """The row of a planned state; `run` gives run_id, graph_namespace, graph_name, graph_version."""
-    return {
-        "id": s.id,
-        "run_id": run["run_id"],
-        "namespace": s.namespace,
-        "graph_namespace": run["graph_namespace"],
-        "graph_name": run["graph_name"],
-        "graph_version": run["graph_version"],
-        "identifier": s.identifier,
-        "node_name": s.node_name,
-        "status": s.status.value,
-        "inputs": s.inputs,
-        "outputs": s.outputs,
-        "error": None,
-        "data": None,
-        "retry_count": s.retry_count,
-        "parents": s.parents,
-        "scopes": s.scopes,
-        "branch": s.branch,
-        "execution_id": s.execution_id,
-        "fingerprint": s.fingerprint,
-        "retry_of": s.retry_of,
-        "due_at": due_at,
-        "lease_token": None,
-        "lease_until": None,
-        "dispatched_at": now,
-        "started_at": None,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-@dataclass
-class NewRun:
-    """A run to insert: its id, root state, full store and when the root is due."""
-
-    run_id: str
-    root: NewState
-    store_values: dict[str, str]
-    due_at: float
-
-
-def _run_row(
-    run: NewRun,
-    namespace: str,
-    graph_name: str,
-    version: int,
-    cron_key: str | None,
-    now: float,
-    idempotency_key: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": run.run_id,
-        "namespace": namespace,
-        "graph_name": graph_name,
-        "graph_version": version,
-        "status": RunStatus.PENDING.value,
-        "outstanding": 1,
-        "failed": 0,
-        "cron_key": cron_key,
-        "idempotency_key": idempotency_key,
-        "created_at": now,
-        "started_at": None,
-        "finished_at": None,
-    }
-
-
-def _root_row(run: NewRun, run_row: dict[str, Any], now: float) -> dict[str, Any]:
-    context = {
-        "run_id": run.run_id,
-        "graph_namespace": run_row["namespace"],
-        "graph_name": run_row["graph_name"],
-        "graph_version": run_row["graph_version"],
-    }
-    return state_values(run.root, context, now, run.due_at)
+from .runs import InsertResult, NewRun, RunInserts
+from .statements import LATEST_VERSION
+from .sweeps import purge_finished_runs
+from .tables import graphs, nodes, runs, states, store
 
 
 class Repo:
@@ -104,7 +25,7 @@ class Repo:
         self.url = url
         self.worker = worker  # in a worker: share the transitions' pool (one bounded set of connections)
         self.postgres = is_postgres(url)
-        self._seen_versions: dict[tuple[str, str], int] = {}
+        self.inserts = RunInserts(url, worker=worker)
 
     @property
     def engine(self) -> Engine:
@@ -240,115 +161,23 @@ class Repo:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     # -- runs ------------------------------------------------------------
+    # -- runs ------------------------------------------------------------
+    def version_for_run(self, namespace: str, graph_name: str) -> int:
+        """The version a new run of a graph is made of (`runs.RunInserts.version_for_run`)."""
+        return self.inserts.version_for_run(namespace, graph_name)
+
     def create_run(
         self,
         namespace: str,
         graph_name: str,
-        prepare: Callable[[int], NewRun],
-        cron_key: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> NewRun | None:
-        """Insert a run of the newest version of a graph, with its store and its root state, in one transaction.
-
-        `prepare(version)` builds the run (raising inserts nothing). Returns None when `cron_key` was
-        already used (another beat fired it) or `idempotency_key` names a run of the namespace already.
-        """
-        if self.postgres:
-            return self._create_run_in_one_statement(namespace, graph_name, prepare, cron_key, idempotency_key)
-        with self.engine.connect() as conn:
-            version = self._latest_version(conn, namespace, graph_name)
-            conn.commit()  # `prepare` may read the ledger too, and SQLite allows one writer
-            run = prepare(version)
-            conn.begin()
-            now = clock.now(self.url)
-            run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
-            if cron_key is None and idempotency_key is None:
-                conn.execute(INSERT_RUN, run_row)
-            else:
-                try:
-                    with conn.begin_nested():  # a unique cron or idempotency key: losing the race is expected
-                        conn.execute(INSERT_RUN, run_row)
-                except IntegrityError:
-                    conn.rollback()
-                    return None
-            if run.store_values:
-                conn.execute(
-                    INSERT_STORE, [{"run_id": run.run_id, "key": k, "value": v} for k, v in run.store_values.items()]
-                )
-            conn.execute(INSERT_STATES, _root_row(run, run_row, now))
-            conn.commit()
-        return run
-
-    def _create_run_in_one_statement(
-        self,
-        namespace: str,
-        graph_name: str,
-        prepare: Callable[[int], NewRun],
-        cron_key: str | None,
-        idempotency_key: str | None = None,
-    ) -> NewRun | None:
-        """PostgreSQL: one statement on an autocommit connection, atomic by itself. It names the version
-        this repo saw last, and inserts nothing if a newer one was stored since (then it looks again)."""
-        key = (namespace, graph_name)
-        for _ in range(10):
-            version = self._seen_versions.get(key)
-            run: NewRun | None = None
-            for attempt in range(2):
-                try:
-                    with get_engine(self.url, autocommit=True).connect() as conn:
-                        version = version or self._latest_version(conn, namespace, graph_name)
-                        run = run or prepare(version)
-                        outcome = self._insert_run(
-                            conn, namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key
-                        )
-                    break
-                except DBAPIError as exc:
-                    # That pool does not ping on checkout: a connection the server dropped fails once and
-                    # the pool replaces them all. The retry keeps the run id, so an insert that got
-                    # through just before its connection died is found instead of made twice.
-                    if attempt or not exc.connection_invalidated:
-                        raise
-            assert version is not None and run is not None
-            if outcome == "inserted":
-                self._seen_versions[key] = version
-                return run
-            if outcome == "duplicate":
-                return None  # a unique key: another beat fired it, or a trigger repeated its idempotency key
-            self._seen_versions.pop(key, None)  # a newer version was stored meanwhile
-        raise ConflictError(f"could not trigger graph {graph_name!r}: its version kept changing")
-
-    def _insert_run(
-        self,
-        conn: Connection,
-        namespace: str,
-        graph_name: str,
         version: int,
         run: NewRun,
-        cron_key: str | None,
-        retried: bool,
+        cron_key: str | None = None,
         idempotency_key: str | None = None,
-    ) -> str:
-        """ "inserted", "stale" (a newer version exists) or "duplicate" (the cron or idempotency key was used)."""
-        now = clock.now(self.url)
-        run_row = _run_row(run, namespace, graph_name, version, cron_key, now, idempotency_key)
-        params = {f"r_{k}": v for k, v in run_row.items()}
-        params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})
-        params.update(p_store=run.store_values, p_namespace=namespace, p_name=graph_name)
-        try:
-            return "inserted" if conn.execute(INSERT_RUN_WITH_ROOT, params).first() is not None else "stale"
-        except IntegrityError:
-            if retried and conn.execute(select(runs.c.id).where(runs.c.id == run.run_id)).first() is not None:
-                return "inserted"
-            if cron_key is None and idempotency_key is None:
-                raise
-            return "duplicate"
-
-    @staticmethod
-    def _latest_version(conn: Connection, namespace: str, graph_name: str) -> int:
-        version: int | None = conn.execute(LATEST_VERSION, {"p_namespace": namespace, "p_name": graph_name}).scalar()
-        if version is None:
-            raise NotFoundError(f"graph {graph_name!r} does not exist in namespace {namespace!r}")
-        return version
+    ) -> InsertResult:
+        """Insert a run of `version` with its store and root state, atomically (`runs.RunInserts.create_run`):
+        "inserted", "duplicate" (its cron or idempotency key was used) or "stale" (a newer version exists)."""
+        return self.inserts.create_run(namespace, graph_name, version, run, cron_key, idempotency_key)
 
     def run_by_key(self, namespace: str, idempotency_key: str) -> dict[str, Any] | None:
         """The run a trigger with this idempotency key made in `namespace`, if any."""
@@ -438,19 +267,7 @@ class Repo:
     # -- retention -------------------------------------------------------
     def purge_finished_runs(self, older_than: float, batch: int = 500) -> int:
         """Delete runs finished before `older_than`, with their states, scopes, store and store writes."""
-        with self.engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(runs.c.id)
-                    .where(runs.c.status.in_([s.value for s in TERMINAL_RUNS]), runs.c.finished_at < older_than)
-                    .limit(batch)
-                ).scalars()
-            )
-            if ids:
-                for table in (states, scopes, store, store_writes):
-                    conn.execute(delete(table).where(table.c.run_id.in_(ids)))
-                conn.execute(delete(runs).where(runs.c.id.in_(ids)))
-        return len(ids)
+        return purge_finished_runs(self.engine, older_than, batch)  # retention is a sweep: sweeps.py owns it
 
 
 def outputs_of(conn: Connection, state_ids: list[str]) -> dict[str, dict[str, Any]]:

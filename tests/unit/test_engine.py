@@ -195,7 +195,7 @@ def test_join_may_read_the_splitter_when_its_outputs_are_known() -> None:
 
 
 def test_join_reads_the_splitter_as_transitions_calls_it() -> None:
-    # transitions._fire: gathered has an (empty) entry for the awaited node, outputs_of only the opener's parents.
+    # ledger/barriers._fire: gathered has an (empty) entry for the awaited node, outputs_of only the opener's parents.
     t = topo(*PARALLEL[:3], node("merger", s="${{ splitter.outputs.o }}", a="${{ p1.outputs.r }}"))
     gathered = {"splitter": [("S0", {"o": "X"})], "p1": [("P1", {"r": "A"})]}
     state = plan_barrier_state(t, ns, t.barriers["merger"], root_source("splitter", "S0"), "m", gathered, {}, {})

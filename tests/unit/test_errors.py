@@ -33,7 +33,9 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ("tasks.py", "Retry"): "Celery's own signal that a task was retried (Flower shows RETRY)",
     ("runtime.py", "SystemExit"): "stops `celery worker` from its init signal, whose exceptions Celery ignores",
     ("execute.py", "NodeCancelled"): "internal: run_node turns it into 'cancelled', never raised to users",
-    ("ledger/transitions.py", "_NotOurs"): "internal: the completion of another delivery changes nothing",
+    ("ledger/finish.py", "NotOurs"): "internal: the completion of another delivery changes nothing",
+    ("ledger/moves.py", "AssertionError"): "a developer error at import: a move missing from status.TRANSITIONS",
+    ("ledger/runs.py", "AssertionError"): "a loop that always returns or raises first (unreachable)",
     ("node.py", "NotImplementedError"): "BaseNode.execute is abstract (Python's convention, as exospherehost's)",
     ("ledger/notify.py", "NotImplementedError"): "an abstract method of the internal waiter classes",
     ("ledger/repo.py", "AssertionError"): "a loop that always returns or raises first (unreachable)",
@@ -43,7 +45,7 @@ ALLOWED_CLASSES: dict[tuple[str, str], str] = {
     ("signals.py", "PruneSignal"): "a signal is control flow, not an error",
     ("signals.py", "ReQueueAfterSignal"): "a signal is control flow, not an error",
     ("execute.py", "NodeCancelled"): "internal control flow (a BaseException so that `except Exception` lets it by)",
-    ("ledger/transitions.py", "_NotOurs"): "internal control flow of a completion",
+    ("ledger/finish.py", "NotOurs"): "internal control flow of a completion",
     ("server/dashboard.py", "LoginRequired"): "internal control flow: a redirect to /login",
 }
 

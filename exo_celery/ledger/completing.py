@@ -1,0 +1,124 @@
+"""Completing: record how an execution ended by applying its plan (`plan.plan_outcome`) in one transaction.
+
+The state's compare-and-set (`moves.COMPLETE`), its store writes, the states it
+creates, its barriers (`barriers.Barriers`) and the run's counters commit
+together, or nothing does: a duplicate delivery or a lost lease changes nothing.
+On PostgreSQL the shapes that are one statement (a leaf inside one open scope, a
+leaf outside every region, a requeue) take no transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, update
+
+from ..engine import CompiledGraph, NewState
+from ..outcomes import Completion, Dispatch, Outcome
+from ..plan import OutcomePlan, Reads, plan_outcome, reads_needed, run_move
+from ..status import RunStatus, StateStatus
+from .access import LedgerAccess
+from .barriers import Barriers, Fired
+from .finish import Finish, NotOurs
+from .moves import CANCEL_WAITING
+from .repo import outputs_of
+from .rows import insert_states, read_store, write_store
+from .store_writes import record_store_writes
+from .tables import states
+
+
+class Completions:
+    """Recording executions."""
+
+    def __init__(self, access: LedgerAccess, max_countdown: float, max_input_bytes: int) -> None:
+        self.access = access
+        self.max_countdown = max_countdown
+        self.max_input_bytes = max_input_bytes  # rendered inputs of a new state (EXO_MAX_INPUT_BYTES)
+        self.barriers = Barriers(access, max_input_bytes)
+
+    def complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+        """Record how an execution ended and everything it causes; says what to publish and log."""
+        try:
+            return self._complete(graph, row, token, outcome)
+        except NotOurs:
+            return Completion(None, [], [])
+
+    def _reads(self, run_id: str, ancestors: list[str], reads_store: bool) -> Reads:
+        """What planning the children reads: ancestors' outputs (never change once written) and the store."""
+        if not ancestors and not reads_store:
+            return Reads()
+        with self.access.autocommit() as conn:
+            return Reads(outputs_of(conn, ancestors), read_store(conn, run_id) if reads_store else {})
+
+    def _complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+        now = self.access.now()
+        ancestors, reads_store = reads_needed(graph, row, outcome)
+        reads = self._reads(row["run_id"], ancestors, reads_store)
+        rules = graph.input_rules(self.max_input_bytes)
+        plan = plan_outcome(graph, row, outcome, now, reads, max_countdown=self.max_countdown, rules=rules)
+        compare_and_set = {"p_id": row["id"], "p_token": token, **plan.values}
+        if self._leaf_in_open_scope(row, plan, compare_and_set):
+            return Completion(plan.status.value, [], [])
+        return self._apply(graph, row, plan, compare_and_set, now)
+
+    def _leaf_in_open_scope(self, row: dict[str, Any], plan: OutcomePlan, compare_and_set: dict[str, Any]) -> bool:
+        """PostgreSQL: a leaf inside one region (a fan-out branch that ends) is one autocommitted statement,
+        unless it is the region's last state and the barrier must fire (the transaction of `_apply`)."""
+        if not (self.access.postgres and plan.leaving and plan.no_other_rows):
+            return False
+        if plan.failed or len(row["scopes"]) != 1:
+            return False
+        with self.access.autocommit() as conn:
+            alone = Finish(compare_and_set)  # neither use changes the dict
+            return alone.in_open_scope(conn, next(iter(row["scopes"].values())), plan.pruned)
+
+    def _apply(
+        self, graph: CompiledGraph, row: dict[str, Any], plan: OutcomePlan, compare_and_set: dict[str, Any], now: float
+    ) -> Completion:
+        postgres = self.access.postgres
+        # A change that is one statement (no new rows, no store writes, no scope that could fire:
+        # a leaf outside every region, or a requeue) needs no transaction on PostgreSQL.
+        single = postgres and plan.no_other_rows and (not row["scopes"] or not plan.leaving)
+        dispatches: list[Dispatch] = [plan.requeue] if plan.requeue is not None else []
+        with self.access.autocommit() if single else self.access.engine.begin() as conn:
+            finish = Finish(compare_and_set)
+            if not postgres or plan.store_writes:
+                finish.flush(conn)
+            if plan.store_writes:
+                write_store(conn, row["run_id"], plan.store_writes)
+                record_store_writes(conn, row["run_id"], row["id"], plan.store_writes, now)
+            insert_states(conn, plan.finished, row, now, now)
+            insert_states(conn, plan.created, row, now, plan.created_due)
+            fired = self.barriers.apply(conn, graph, row, plan, finish)
+            created, fired_states = _move_run(conn, row, plan, fired, finish, now)
+            finish.flush(conn)
+            for batch, due in ((created, plan.created_due), (fired_states, now)):
+                dispatches.extend(
+                    Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
+                    for s in batch
+                    if s.status == StateStatus.QUEUED
+                )
+        new_states = [(s.id, s.identifier, s.status.value) for s in (*created, *fired_states, *fired.errors)]
+        return Completion(plan.status.value, dispatches, new_states)
+
+
+def _move_run(
+    conn: Connection, row: dict[str, Any], plan: OutcomePlan, fired: Fired, finish: Finish, now: float
+) -> tuple[list[NewState], list[NewState]]:
+    """Move the run's counters; the states created and fired that stay (none if the run was cancelled)."""
+    created, fired_states = plan.created, fired.states
+    delta, failed = run_move(plan, bool(row["scopes"]), fired.states, fired.errors, fired.open_scopes)
+    if not (delta or failed or created or fired_states):
+        return created, fired_states
+    # Locking the run row here orders this commit against a concurrent cancel: either
+    # cancel sees these new states, or this sees the run CANCELLED and cancels them.
+    moved = finish.move(conn, "run", {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed})
+    if moved is not None and moved.status == RunStatus.CANCELLED.value:
+        new_ids = [x.id for x in (*created, *fired_states)]
+        conn.execute(
+            update(states)
+            .where(states.c.id.in_(new_ids), states.c.status.in_(CANCEL_WAITING.source_values))
+            .values(status=CANCEL_WAITING.target, updated_at=now)
+        )
+        return [], []
+    return created, fired_states
