@@ -314,13 +314,13 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
 
     links = topo.lineage.links
     for node in order:
-        barrier = topo.barriers.get(node)
-        if barrier is None:
+        closing = topo.barriers.get(node)
+        if closing is None:
             preds = predecessors[node]
             links[node] = (preds[0], frozenset((preds[0],))) if preds else (None, frozenset())
-        elif barrier.strategy == JOIN:
-            links[node] = (barrier.over, barrier.region | {barrier.over})
+        elif closing.strategy == JOIN:
+            links[node] = (closing.over, closing.region | {closing.over})
         else:
-            links[node] = (barrier.over, frozenset())
-            topo.gathers[node] = barrier.region | {barrier.over}
+            links[node] = (closing.over, frozenset())
+            topo.gathers[node] = closing.region | {closing.over}
     return topo, []
