@@ -281,7 +281,7 @@ def heartbeat_limit(settings: Settings) -> float:
     return max(3 * settings.sweep_interval, 10.0)
 
 
-class ExoScheduler(Scheduler):
+class ExoScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type stubs: Scheduler is Any
     """A Celery beat scheduler that also does exo_celery's beat work each tick."""
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
@@ -296,4 +296,5 @@ class ExoScheduler(Scheduler):
         except Exception:
             log.exception("beat tick failed; retrying")
             pause = 1.0
-        return min(pause, super().tick(*args, **kwargs))
+        celery_pause: float = super().tick(*args, **kwargs)
+        return min(pause, celery_pause)

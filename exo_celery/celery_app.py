@@ -91,7 +91,7 @@ def make_app(settings: Settings, main: str = "exo_celery") -> Celery:
             settings.max_countdown,
             RABBITMQ_CONSUMER_TIMEOUT,
         )
-    app.exo_settings = settings  # type: ignore[attr-defined]
+    app.exo_settings = settings
     return app
 
 

@@ -91,7 +91,7 @@ class RedisChannel(redis.Channel):
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
-            return super()._brpop_read(**options)
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]  # unannotated in kombu
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             # BRPOP already took the message off the queue: dropping it is all that is left to do.
             log.warning("discarded a message that is not JSON (%s)", exc)
@@ -99,7 +99,7 @@ class RedisChannel(redis.Channel):
 
     def _get(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super()._get(queue, *args, **kwargs)
+            return super()._get(queue, *args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in kombu
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             log.warning("discarded a message on %r that is not JSON (%s)", queue, exc)
             raise Empty() from None

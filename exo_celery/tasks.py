@@ -9,7 +9,6 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Retry
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import log_redaction
 from .celery_app import declared_queue, publish, queue_name, task_name
@@ -17,6 +16,7 @@ from .crypto import decrypt_secrets, redact
 from .engine import CompiledGraph, new_id
 from .errors import ConfigError, NotFoundError, StateErrored
 from .execute import Execution, run_node
+from .ledger.db import UNREACHABLE
 from .ledger.repo import Repo
 from .ledger.runtimes import Runtimes
 from .ledger.transitions import Transitions
@@ -124,7 +124,7 @@ class Worker:
         of letting the lease expire and the state run again for ever."""
         try:
             done: Completion = _with_db_retry(lambda: self.transitions.complete(graph, row, token, outcome))
-        except (OperationalError, InterfaceError):
+        except UNREACHABLE:
             raise
         except Exception as exc:
             log.error("state %s: outcome could not be recorded (%s); marking it ERRORED", row["id"], type(exc).__name__)
@@ -231,7 +231,7 @@ def _with_db_retry(call: Any, attempts: int = 30) -> Any:
     for attempt in range(attempts):
         try:
             return call()
-        except (OperationalError, InterfaceError) as exc:
+        except UNREACHABLE as exc:
             if attempt == attempts - 1:
                 raise
             log.warning("ledger unavailable (%s); retrying", type(exc.orig).__name__)

@@ -112,12 +112,12 @@ def validate_template(  # noqa: C901  (issue 16: to split)
     lineage_refs: list[tuple[str, str, Any]] = []
 
     for n in nodes:
-        key = (n.namespace or "", n.node_name)
-        schema = registry.get(key)
+        node_key = (n.namespace or "", n.node_name)
+        schema = registry.get(node_key)
         if schema is None:
-            if key not in missing:
-                missing.add(key)
-                report.missing_nodes.append(key)
+            if node_key not in missing:
+                missing.add(node_key)
+                report.missing_nodes.append(node_key)
         else:
             for name in schema["required_inputs"]:
                 if name not in n.inputs:

@@ -7,6 +7,7 @@ stderr and exit non-zero, without a traceback. `python -m exo_celery.cli` is the
 
 from __future__ import annotations
 
-from .commands import app, load_nodes, main
+from ..loading import load_nodes
+from .commands import app, main
 
 __all__ = ["app", "load_nodes", "main"]

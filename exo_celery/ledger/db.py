@@ -21,6 +21,10 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigError, LedgerUnavailable
 
+UNREACHABLE: tuple[type[OperationalError], type[InterfaceError]] = (OperationalError, InterfaceError)
+"""SQLAlchemy's errors for a database that is unreachable or failing (a restart, a dropped connection): callers
+outside the ledger catch these without importing SQLAlchemy."""
+
 _engines: dict[tuple[int, str, bool, bool], Engine] = {}
 _ready: set[tuple[int, str]] = set()  # (pid, url) of ledgers this process migrated or found current
 _bare: dict[tuple[int, str, str], Engine] = {}
@@ -77,7 +81,7 @@ def translate_errors(url: str) -> Iterator[None]:
     SQLAlchemy's and the driver's own errors, in one line that names the ledger."""
     try:
         yield
-    except (OperationalError, InterfaceError) as exc:
+    except UNREACHABLE as exc:
         raise LedgerUnavailable(f"ledger {ledger_name(url)} is unavailable: {_cause(exc)}") from None
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigError(f"ledger URL {ledger_name(url)} cannot be used: {_cause(exc)}") from None
