@@ -17,7 +17,7 @@ from celery import Celery
 
 from .celery_app import make_app, publish
 from .crypto import decrypt_secrets, encrypt_secrets, redact
-from .engine import CompiledGraph, PlanError, new_id, plan_root
+from .engine import CompiledGraph, new_id, plan_root
 from .errors import (
     ArgumentError,
     BrokerUnavailable,
@@ -25,6 +25,7 @@ from .errors import (
     ConflictError,
     GraphValidationError,
     NotFoundError,
+    PlanError,
     TriggerError,
     WaitTimeout,
 )

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .crypto import redact
-from .errors import PlanError
+from .errors import PlaceholderError, PlanError
 from .graph import GraphTemplate
-from .mapping import PlaceholderError, Ref, parse_refs, render
+from .mapping import Ref, parse_refs, render
 from .status import StateStatus
 from .topology import JOIN, Barrier, Topology, analyse
 

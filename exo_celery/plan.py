@@ -22,7 +22,6 @@ from .engine import (
     CompiledGraph,
     InputRules,
     NewState,
-    PlanError,
     ScopeOpen,
     Source,
     lineage_refs,
@@ -30,6 +29,7 @@ from .engine import (
     plan_barrier_state,
     plan_success,
 )
+from .errors import PlanError
 from .graph import RetryPolicyModel
 from .outcomes import Dispatch, Outcome, dispatch_of
 from .status import StateStatus

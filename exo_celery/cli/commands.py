@@ -173,7 +173,8 @@ def beat(
 def _check_beat(name: str | None, max_age: float | None, as_json: bool) -> None:
     """One line: how long ago the beat last ticked; exit 1 when never or too long ago."""
     from ..beat import heartbeat_limit
-    from ..ledger.heartbeats import NoHeartbeatTable, last_beat
+    from ..errors import NoHeartbeatTable
+    from ..ledger.heartbeats import last_beat
     from ..settings import load_settings
 
     settings = load_settings()
