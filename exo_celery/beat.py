@@ -40,9 +40,10 @@ log = logging.getLogger("exo_celery.beat")
 
 PURGE_EVERY = 60.0
 PURGE_BUDGET = 2.0  # seconds of purging per round at most; a full batch means more is due next round
-# How long a shortfall must last when nothing bounds it (an empty queue, or a broker whose oldest message
-# cannot be read): a worker publishing a 10,000-state fan-out sent its first pipeline 5 s after the commit.
-UNBOUNDED_WAIT = 15.0
+# When nothing bounds a shortfall (an empty queue, or a broker whose oldest message cannot be read), it
+# must last a lease plus this much per missing message: a worker publishing a 10,000-state fan-out sent
+# its first pipeline 5 s after the commit (so 10,000 wait 17 s at a 2 s lease, one lost message a lease).
+PUBLISH_ALLOWANCE = 0.0015
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,11 @@ def likely_lost(
     the queue; 10,000 took 30 s on a loaded machine, in pipelines of 1,000, so the queue can stay
     flat over a sweep). On Redis the caller also re-sends only states dispatched before the oldest
     message still queued: a FIFO queue has delivered everything published before it. With nothing to
-    bound it (an empty queue, or another broker) the caller asks for `UNBOUNDED_WAIT` at least. Stale copies of finished
-    states count as messages, so the rule errs towards re-sending too little, never towards a storm;
-    what it misses is re-sent once the backlog drains. A state whose lease expired after a claim is
-    certainly lost and is re-sent without asking the broker (`Transitions.recover`).
+    bound it (an empty queue, or another broker) the caller adds `PUBLISH_ALLOWANCE` per missing
+    message. Stale copies of finished states count as messages, so the rule errs towards re-sending
+    too little, never towards a storm; what it misses is re-sent once the backlog drains. A state
+    whose lease expired after a claim is certainly lost and is re-sent without asking the broker
+    (`Transitions.recover`).
 
     `restarted`: the broker restarted (or was unreachable) since the previous sweep, so what it held
     may be gone; the shortfall seen now is re-sent at once rather than a sweep later. Once per outage,
@@ -265,7 +267,7 @@ class Beat:
             shortfall, before = max(0, waiting - queued - in_flight), self._looks.get(q)
             growing = before is None or queued > before.queued + before.resent
             since = before.since if before is not None and before.lost and shortfall and not growing else now
-            wait = lease if q in load.oldest else max(lease, UNBOUNDED_WAIT)  # see UNBOUNDED_WAIT
+            wait = lease if q in load.oldest else lease + shortfall * PUBLISH_ALLOWANCE
             count = likely_lost(waiting, queued, in_flight, before, restarted, now - since, wait)
             bound = None
             if count and not restarted and q in load.oldest:
