@@ -7,13 +7,15 @@ processes are safe: every step is a compare-and-set or a unique insert.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 import os
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +32,7 @@ from .ledger import clock
 from .ledger.heartbeats import record_beat
 from .ledger.meta import check_secrets_key
 from .ledger.repo import Repo
+from .ledger.sweeps import dispatched_at
 from .ledger.transitions import Dispatch, Transitions
 from .settings import Settings, load_settings
 
@@ -37,6 +40,10 @@ log = logging.getLogger("exo_celery.beat")
 
 PURGE_EVERY = 60.0
 PURGE_BUDGET = 2.0  # seconds of purging per round at most; a full batch means more is due next round
+# When nothing bounds a shortfall (an empty queue, or a broker whose oldest message cannot be read), it
+# must last a lease plus this much per missing message: a worker publishing a 10,000-state fan-out sent
+# its first pipeline 5 s after the commit (so 10,000 wait 17 s at a 2 s lease, one lost message a lease).
+PUBLISH_ALLOWANCE = 0.0015
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,18 @@ class QueueLook:
     lost: int
     queued: int
     resent: int = 0
+    since: float = 0.0  # when (beat's monotonic clock) the current shortfall was first seen
 
 
-def likely_lost(waiting: int, queued: int, in_flight: int, before: QueueLook | None) -> int:
+def likely_lost(
+    waiting: int,
+    queued: int,
+    in_flight: int,
+    before: QueueLook | None,
+    restarted: bool = False,
+    seen_for: float = math.inf,
+    lease: float = 0.0,
+) -> int:
     """The sweep's re-send rule for never-claimed states of one queue (issue 13, item 11).
 
     `waiting` states of the queue are QUEUED, due and never claimed: each one's message is in the
@@ -58,19 +74,40 @@ def likely_lost(waiting: int, queued: int, in_flight: int, before: QueueLook | N
     caller re-sends that many of the oldest (and only those dispatched over a lease ago).
 
     A shortfall must be seen on two sweeps in a row, with no growth of the queue in between beyond
-    what the sweep itself re-sent: a worker may still be publishing a wide fan-out it committed
-    (its states are in the ledger, their messages not yet in the queue). Stale copies of finished
-    states count as messages, so the rule errs towards re-sending too little, never towards a storm;
-    what it misses is re-sent once the backlog drains. A state whose lease expired after a claim is
-    certainly lost and is re-sent without asking the broker (`Transitions.recover`).
+    what the sweep itself re-sent, and for at least a lease (`seen_for`): a worker may still be
+    publishing a wide fan-out it committed (its states are in the ledger, their messages not yet in
+    the queue; 10,000 took 30 s on a loaded machine, in pipelines of 1,000, so the queue can stay
+    flat over a sweep). On Redis the caller also re-sends only states dispatched before the oldest
+    message still queued: a FIFO queue has delivered everything published before it. With nothing to
+    bound it (an empty queue, or another broker) the caller adds `PUBLISH_ALLOWANCE` per missing
+    message. Stale copies of finished states count as messages, so the rule errs towards re-sending
+    too little, never towards a storm; what it misses is re-sent once the backlog drains. A state
+    whose lease expired after a claim is certainly lost and is re-sent without asking the broker
+    (`Transitions.recover`).
+
+    `restarted`: the broker restarted (or was unreachable) since the previous sweep, so what it held
+    may be gone; the shortfall seen now is re-sent at once rather than a sweep later. Once per outage,
+    so at most one copy more per state, never a storm.
     """
     lost = max(0, waiting - queued - in_flight)
-    if before is None or queued > before.queued + before.resent:
+    if restarted:
+        return lost
+    if before is None or queued > before.queued + before.resent or seen_for < lease:
         return 0
     return min(lost, before.lost)
 
 
-def broker_load(app: Celery, queues: list[str], recent: float) -> dict[str, tuple[int, int]] | None:
+@dataclass(frozen=True)
+class BrokerLoad:
+    """What one look at the broker found: (ready, delivered and unacknowledged) messages per queue, and
+    the server's identity (Redis `run_id`, which changes when the server restarts; None elsewhere)."""
+
+    queues: dict[str, tuple[int, int]]
+    server: str | None = None
+    oldest: dict[str, str] = field(default_factory=dict)  # queue -> state id of its oldest message (Redis)
+
+
+def broker_load(app: Celery, queues: list[str], recent: float) -> BrokerLoad | None:
     """(ready messages, delivered but unacknowledged messages) per queue, or None if the broker is unreachable.
 
     Redis: LLEN of the queue (all priority lists) and the entries of kombu's `unacked` hash routed
@@ -80,37 +117,20 @@ def broker_load(app: Celery, queues: list[str], recent: float) -> dict[str, tupl
     in the queue's folder, and one worker's prefetch while the queue holds a backlog.
     """
     prefetch = int(app.conf.worker_prefetch_multiplier or 1) * int(app.conf.worker_concurrency or os.cpu_count() or 1)
-    found: dict[str, tuple[int, int]] = {}
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
-            channel = conn.default_channel
-            url = app.conf.broker_url or ""
+            # One quick retry: a broker that is down is seen as down at once, and the tick goes on.
+            conn.ensure_connection(max_retries=1, interval_start=0.1, interval_step=0, interval_max=0.1)
             if conn.transport.driver_type == "redis":
-                # Only deliveries younger than `recent` count: a dead worker's unacknowledged messages
-                # stay in the hash until the visibility timeout, and must not hide lost states.
-                routed: Counter[str] = Counter()
-                client = channel.client
-                tags = client.zrangebyscore(channel.unacked_index_key, time.time() - recent, "+inf")
-                for raw in client.hmget(channel.unacked_key, tags) if tags else []:
-                    try:
-                        routed[json.loads(raw)[2]] += 1
-                    except (ValueError, IndexError, TypeError):
-                        continue
-                for q in queues:
-                    found[q] = (int(channel._size(q)), routed[q])
-            elif is_rabbitmq(url) or conn.transport.driver_type == "amqp":
-                for q in queues:
-                    try:
-                        _, ready, consumers = channel.queue_declare(queue=q, passive=True)
-                    except ChannelError:  # no such queue: nothing in it (and the channel is closed)
-                        channel = conn.channel()
-                        ready, consumers = 0, 0
-                    found[q] = (int(ready), int(consumers) * prefetch)
-            else:
-                for q in queues:
-                    ready = int(channel._size(q)) if channel._has_queue(q) else 0
-                    found[q] = (ready, prefetch if ready else 0)
+                return _redis_load(conn.default_channel, queues, recent)
+            if is_rabbitmq(app.conf.broker_url or "") or conn.transport.driver_type == "amqp":
+                return _amqp_load(conn, queues, prefetch)
+            channel = conn.default_channel
+            found: dict[str, tuple[int, int]] = {}
+            for q in queues:
+                ready = int(channel._size(q)) if channel._has_queue(q) else 0
+                found[q] = (ready, prefetch if ready else 0)
+            return BrokerLoad(found)
     except (KombuError, OSError, ConnectionError) as exc:
         log.debug("broker unreachable for the sweep (%s): never-claimed states wait", exc)
         return None
@@ -119,7 +139,55 @@ def broker_load(app: Celery, queues: list[str], recent: float) -> dict[str, tupl
             log.debug("broker unreachable for the sweep (%s): never-claimed states wait", exc)
             return None
         raise
-    return found
+
+
+def _redis_load(channel: Any, queues: list[str], recent: float) -> BrokerLoad:
+    # Only deliveries younger than `recent` count: a dead worker's unacknowledged messages
+    # stay in the hash until the visibility timeout, and must not hide lost states.
+    routed: Counter[str] = Counter()
+    client = channel.client
+    tags = client.zrangebyscore(channel.unacked_index_key, time.time() - recent, "+inf")
+    for raw in client.hmget(channel.unacked_key, tags) if tags else []:
+        try:
+            routed[json.loads(raw)[2]] += 1
+        except (ValueError, IndexError, TypeError):
+            continue
+    found: dict[str, tuple[int, int]] = {}
+    oldest: dict[str, str] = {}
+    for q in queues:
+        found[q] = (int(channel._size(q)), routed[q])
+        if (state_id := _state_of(client.lindex(q, -1))) is not None:  # kombu LPUSHes, BRPOPs
+            oldest[q] = state_id
+    server = str(client.info("server").get("run_id") or "") or None
+    return BrokerLoad(found, server, oldest)
+
+
+def _amqp_load(conn: Any, queues: list[str], prefetch: int) -> BrokerLoad:
+    channel = conn.default_channel
+    found: dict[str, tuple[int, int]] = {}
+    for q in queues:
+        try:
+            _, ready, consumers = channel.queue_declare(queue=q, passive=True)
+        except ChannelError:  # no such queue: nothing in it (and the channel is closed)
+            channel = conn.channel()
+            ready, consumers = 0, 0
+        found[q] = (int(ready), int(consumers) * prefetch)
+    return BrokerLoad(found)
+
+
+def _state_of(raw: bytes | str | None) -> str | None:
+    """The state id a kombu Redis message is for (its first task argument), or None."""
+    if raw is None:
+        return None
+    try:
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return args[0] if isinstance(args[0], str) else None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
 
 
 class Beat:
@@ -140,6 +208,8 @@ class Beat:
         self.name = default_beat_name()  # the heartbeat row this process refreshes
         self.started_at = clock.now(self.settings.ledger_url)
         self._looks: dict[str, QueueLook] = {}  # the previous sweep's view of each queue
+        self._broker: str | None = None  # the broker server the previous look saw (Redis run_id)
+        self._outage = False  # the previous look found the broker unreachable
 
     @property
     def horizon(self) -> float:
@@ -193,14 +263,29 @@ class Beat:
             return []
         load = broker_load(self.app, sorted(by_queue), self.settings.lease_seconds)
         if load is None:
+            self._outage = True
             return []
+        restarted = self._outage or (None not in (self._broker, load.server) and load.server != self._broker)
+        if restarted:
+            log.info("the broker restarted or was unreachable: re-sending what it no longer holds")
+        self._broker, self._outage = load.server, False
+        now, lease = time.monotonic(), self.settings.lease_seconds
         resent: list[Dispatch] = []
         looks: dict[str, QueueLook] = {}
         for q, (nodes, waiting) in by_queue.items():
-            queued, in_flight = load.get(q, (0, 0))
-            count = likely_lost(waiting, queued, in_flight, self._looks.get(q))
-            sent = self.transitions.resend_oldest(nodes, count) if count else []
-            looks[q] = QueueLook(max(0, waiting - queued - in_flight), queued, len(sent))
+            queued, in_flight = load.queues.get(q, (0, 0))
+            shortfall, before = max(0, waiting - queued - in_flight), self._looks.get(q)
+            growing = before is None or queued > before.queued + before.resent
+            since = before.since if before is not None and before.lost and shortfall and not growing else now
+            wait = lease if q in load.oldest else lease + shortfall * PUBLISH_ALLOWANCE
+            count = likely_lost(waiting, queued, in_flight, before, restarted, now - since, wait)
+            bound = None
+            if count and not restarted and q in load.oldest:
+                # Later states' messages are behind the oldest queued one; it has no dispatch time if its
+                # state is gone (purged): then nothing is bounded.
+                bound = dispatched_at(self.transitions.engine, [load.oldest[q]]).get(load.oldest[q])
+            sent = self.transitions.resend_oldest(nodes, count, bound) if count else []
+            looks[q] = QueueLook(shortfall, queued, len(sent), since)
             resent += sent
         self._looks = looks
         return resent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -18,6 +19,10 @@ from .settings import Settings
 # default). A countdown is held unacked by the worker until due (and, with late acks, until the state
 # finishes), so EXO_MAX_COUNTDOWN must stay well below it; longer delays wait in the ledger instead.
 RABBITMQ_CONSUMER_TIMEOUT = 1800.0
+
+# kombu picks TLS for `rediss://` only when its own transport is named by the URL's scheme, with these
+# options when none are given (and a warning): exo_celery's Redis transport keeps them for rediss:// URLs.
+REDISS_TLS = {"ssl_cert_reqs": ssl.CERT_NONE}
 
 
 def is_rabbitmq(url: str) -> bool:
@@ -79,11 +84,15 @@ def make_app(settings: Settings, main: str = "exo_celery") -> Celery:
         worker_hijack_root_logger=False,
         enable_utc=True,
         worker_timer_precision=0.1,  # countdowns fire within ~0.1 s, also on pollers like the embedded broker
+        worker_consumer="exo_celery.consumer:Consumer",  # reconnects to a broker that is back within ~1 s
     )
     if settings.is_embedded_broker:
         app.conf.broker_transport = "exo_celery.embedded_transport:Transport"
-    elif settings.broker.startswith("redis://"):
+    elif settings.broker.startswith(("redis://", "rediss://")):
         app.conf.broker_transport = "exo_celery.poison:RedisTransport"  # a malformed message never stops a worker
+        if settings.broker.startswith("rediss://"):
+            app.conf.broker_use_ssl = REDISS_TLS
+            log.warning("rediss:// broker: TLS without certificate verification (kombu's default for rediss://)")
     if is_rabbitmq(settings.broker) and settings.max_countdown > RABBITMQ_CONSUMER_TIMEOUT / 2:
         log.warning(
             "EXO_MAX_COUNTDOWN=%g s is close to RabbitMQ's default consumer_timeout (%g s): workers hold countdowns "

@@ -61,10 +61,14 @@ class Sweeps:
         with self.access.engine.connect() as conn:
             return [(ns, node, int(n)) for ns, node, n in conn.execute(waiting).all()]
 
-    def resend_oldest(self, nodes: list[tuple[str, str]], count: int) -> list[Dispatch]:
+    def resend_oldest(
+        self, nodes: list[tuple[str, str]], count: int, dispatched_before: float | None = None
+    ) -> list[Dispatch]:
         """Mark for re-sending the `count` never-claimed states of these (namespace, node_name) pairs that
         were dispatched first (a FIFO queue delivers those first, so theirs are the messages missing),
-        skipping any dispatched or due less than a lease ago."""
+        skipping any dispatched or due less than a lease ago, and any dispatched at or after
+        `dispatched_before` (the dispatch time of the oldest message still queued: the messages of later
+        states are behind it, not lost)."""
         if count <= 0 or not nodes:
             return []
         now = ledger_now()
@@ -85,6 +89,8 @@ class Sweeps:
             .subquery()
         )
         chosen = select(oldest.c.id).where(oldest.c.dispatched_at < stale, oldest.c.due_at < stale)
+        if dispatched_before is not None:
+            chosen = chosen.where(oldest.c.dispatched_at < dispatched_before)
         return self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(chosen.scalar_subquery()), states.c.lease_until.is_(None))
@@ -126,3 +132,14 @@ def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500) -> 
                 conn.execute(delete(table).where(table.c.run_id.in_(ids)))
             conn.execute(delete(runs).where(runs.c.id.in_(ids)))
     return len(ids)
+
+
+def dispatched_at(engine: Engine, state_ids: list[str]) -> dict[str, float]:
+    """The last dispatch time (ledger clock) of each of these states that exists and has one."""
+    if not state_ids:
+        return {}
+    found = select(states.c.id, states.c.dispatched_at).where(
+        states.c.id.in_(state_ids), states.c.dispatched_at.is_not(None)
+    )
+    with engine.connect() as conn:
+        return {sid: float(at) for sid, at in conn.execute(found).all()}

@@ -110,6 +110,8 @@ class Transitions:
         """(namespace, node_name, count) of QUEUED states never claimed and due."""
         return self.sweeps.waiting_unclaimed()
 
-    def resend_oldest(self, nodes: list[tuple[str, str]], count: int) -> list[Dispatch]:
+    def resend_oldest(
+        self, nodes: list[tuple[str, str]], count: int, dispatched_before: float | None = None
+    ) -> list[Dispatch]:
         """Mark for re-sending the `count` never-claimed states of these nodes that were dispatched first."""
-        return self.sweeps.resend_oldest(nodes, count)
+        return self.sweeps.resend_oldest(nodes, count, dispatched_before)

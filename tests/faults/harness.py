@@ -196,6 +196,7 @@ class RecoveryClock:
         self.snapshots = Ledger(url)
         self.pending: list[tuple[float, list[str]]] = []
         self.times: list[float] = []
+        self.recovered: list[tuple[float, float]] = []  # (fault, recovered) on time.monotonic(), in fault order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -219,9 +220,11 @@ class RecoveryClock:
                     "SELECT count(*) FROM exo_states WHERE id = ANY(%s) AND status IN ('QUEUED', 'CREATED')", (ids,)
                 )
                 if not left:
+                    done = time.monotonic()
                     with self._lock:
                         self.pending.remove(item)
-                        self.times.append(time.monotonic() - at)
+                        self.times.append(done - at)
+                        self.recovered = sorted([*self.recovered, (at, done)])
             time.sleep(0.1)
         ledger.close()
 
