@@ -161,7 +161,6 @@ class Repo:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     # -- runs ------------------------------------------------------------
-    # -- runs ------------------------------------------------------------
     def version_for_run(self, namespace: str, graph_name: str) -> int:
         """The version a new run of a graph is made of (`runs.RunInserts.version_for_run`)."""
         return self.inserts.version_for_run(namespace, graph_name)

@@ -8,6 +8,9 @@ install skips; under CI=true it fails.
 
 Environment: EXO_COMPAT_PYTHON picks the interpreter (a path or a name such as python3.13; the venv
 is then `.venv-compat-<version>`).
+
+`newest_python` builds the same venv for Python 3.13 (`.venv-compat-3.13`), where the unit tests run
+too (test_sdk_suite.py); EXO_COMPAT_PYTHON does not change it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..support import CI, ROOT
 
 SDK_REQUIREMENT = "exospherehost==0.0.3"
 SDK_VERSION = "3.12"
+NEWEST_VERSION = "3.13"
 
 # Collected only inside the compat interpreter (where the SDK imports).
 if importlib.util.find_spec("exospherehost") is None:
@@ -48,9 +52,11 @@ def _version_of(python: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def find_python(version: str = SDK_VERSION) -> str | None:
-    """An interpreter of `version` (PATH, then pyenv's versions, then the usual prefixes), or None."""
-    wanted = os.environ.get("EXO_COMPAT_PYTHON")
+def find_python(version: str = SDK_VERSION, chosen: bool = True) -> str | None:
+    """An interpreter of `version` (PATH, then pyenv's versions, then the usual prefixes), or None.
+
+    With `chosen`, EXO_COMPAT_PYTHON, when set, is the interpreter whatever its version."""
+    wanted = os.environ.get("EXO_COMPAT_PYTHON") if chosen else None
     if wanted:
         path = shutil.which(wanted) or (wanted if os.path.isfile(wanted) else None)
         return path if path and _version_of(path) else None
@@ -104,10 +110,24 @@ def sdk_python() -> Iterator[Path]:
     if os.environ.get("EXO_COMPAT_INNER"):
         yield Path(sys.executable)  # already inside the compat interpreter
         return
-    python = find_python()
+    yield _built(find_python(), f"Python {SDK_VERSION} (set EXO_COMPAT_PYTHON)")
+
+
+@pytest.fixture(scope="session")
+def newest_python() -> Iterator[Path]:
+    """Path of a Python 3.13 interpreter with this project installed (and the SDK, which installs there too)."""
+    if os.environ.get("EXO_COMPAT_INNER"):
+        yield Path(sys.executable)
+        return
+    yield _built(find_python(NEWEST_VERSION, chosen=False), f"Python {NEWEST_VERSION}")
+
+
+def _built(python: str | None, wanted: str) -> Path:
+    """The compat venv of `python`; skips (fails under CI) when there is none or it cannot be built."""
     if python is None:
-        _unavailable(f"no Python {SDK_VERSION} interpreter found (set EXO_COMPAT_PYTHON)")
+        _unavailable(f"no {wanted} interpreter found")
     try:
-        yield build_venv(python)  # type: ignore[arg-type]
+        return build_venv(python)  # type: ignore[arg-type]
     except (RuntimeError, OSError) as exc:
-        _unavailable(f"cannot build the compat venv: {exc}")
+        _unavailable(f"cannot build the compat venv of {wanted}: {exc}")
+        raise  # _unavailable skips or fails; never reached

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from exo_celery.engine import CompiledGraph, InputRules, NewState, Source, barrier_fires
-from exo_celery.graph import GraphNodeModel, GraphTemplate, RetryPolicyModel, UnitesModel
+from exo_celery.graph import GraphNodeModel, GraphTemplate, RetryPolicyModel
 from exo_celery.ledger.moves import COMPLETE
 from exo_celery.outcomes import BarrierStrategy, Outcome
 from exo_celery.plan import (
@@ -32,21 +32,12 @@ from exo_celery.retry import RetryStrategyEnum
 from exo_celery.status import StateStatus
 from exo_celery.topology import JOIN, Barrier, analyse
 
+from .test_engine import node
+
 S = StateStatus
 NOW = 1_000.0
 COUNTDOWN = 300.0
 RULES = InputRules()
-
-
-def node(identifier: str, next_nodes: list[str] | None = None, *, unites: str | None = None, **inputs: str) -> Any:
-    return GraphNodeModel(
-        node_name=f"N{identifier}",
-        namespace="t",
-        identifier=identifier,
-        inputs=inputs,
-        next_nodes=next_nodes,
-        unites=UnitesModel(identifier=unites) if unites else None,
-    )
 
 
 def graph(*nodes: GraphNodeModel, policy: RetryPolicyModel | None = None) -> CompiledGraph:
