@@ -68,16 +68,17 @@ class Claims:
         """Extend the leases of states this process is still executing (state id -> lease token)."""
         if not leases:
             return
+        mine = [
+            states.c.id.in_(list(leases)),
+            states.c.lease_token.in_(list(leases.values())),
+            states.c.status == S.QUEUED.value,
+        ]
+        if self.access.postgres:
+            # A row locked by its completion (this process's own) is skipped, not waited on: that
+            # transaction decides the state, and leases of the other states here keep being renewed.
+            mine.append(states.c.id.in_(select(states.c.id).where(*mine).with_for_update(skip_locked=True)))
         with self.access.engine.begin() as conn:
-            conn.execute(
-                update(states)
-                .where(
-                    states.c.id.in_(list(leases)),
-                    states.c.lease_token.in_(list(leases.values())),
-                    states.c.status == S.QUEUED.value,
-                )
-                .values(lease_until=ledger_now() + self.lease_seconds)
-            )
+            conn.execute(update(states).where(*mine).values(lease_until=ledger_now() + self.lease_seconds))
 
     def lost_leases(self, leases: dict[str, str]) -> set[str]:
         """Of these executing states (id -> lease token), those whose lease is gone: cancelled or taken over."""

@@ -26,6 +26,10 @@ from .rows import insert_states, read_store, write_store
 from .store_writes import record_store_writes
 from .tables import states
 
+# A completion inserting more rows than this (a wide fan-out: 20,000 rows for 10,000 branches) takes
+# its state's row lock first, so that no lease can expire under it (see `_apply`).
+LOCK_FIRST_ROWS = 64
+
 
 class Completions:
     """Recording executions."""
@@ -82,7 +86,11 @@ class Completions:
         dispatches: list[Dispatch] = [plan.requeue] if plan.requeue is not None else []
         with self.access.autocommit() if single else self.access.engine.begin() as conn:
             finish = Finish(compare_and_set)
-            if not postgres or plan.store_writes:
+            # The compare-and-set first (it locks the state's row until commit), rather than merged
+            # into the last counter move: a wide fan-out's inserts can outlast the lease, and a row
+            # locked by a live completion is skipped by `recover()`, by claims and by lease renewals
+            # (PostgreSQL `SKIP LOCKED`), so it is neither re-sent as lost nor waited on.
+            if not postgres or plan.store_writes or _rows_inserted(plan) > LOCK_FIRST_ROWS:
                 finish.flush(conn)
             if plan.store_writes:
                 write_store(conn, row["run_id"], plan.store_writes)
@@ -100,6 +108,10 @@ class Completions:
                 )
         new_states = [(s.id, s.identifier, s.status.value) for s in (*created, *fired_states, *fired.errors)]
         return Completion(plan.status.value, dispatches, new_states)
+
+
+def _rows_inserted(plan: OutcomePlan) -> int:
+    return len(plan.created) + len(plan.finished)
 
 
 def _move_run(

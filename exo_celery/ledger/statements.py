@@ -23,7 +23,7 @@ QUEUED = StateStatus.QUEUED.value
 _ACTIVE_RUN = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
 
 
-def _claim(with_namespace: bool) -> Any:
+def _claim(with_namespace: bool, skip_locked: bool = False) -> Any:
     conditions = [
         states.c.id == bindparam("p_id"),
         states.c.status == QUEUED,
@@ -38,6 +38,10 @@ def _claim(with_namespace: bool) -> Any:
     ]
     if with_namespace:
         conditions.append(states.c.namespace == bindparam("p_namespace"))
+    if skip_locked:
+        # PostgreSQL: a row locked by a live transaction (a long completion of this state) is busy:
+        # the claim finds nothing and this copy is dropped, instead of waiting on the lock.
+        conditions.append(states.c.id == unlocked(bindparam("p_id")))
     return (
         update(states)
         .where(*conditions)
@@ -71,15 +75,20 @@ START_RUN = _start_run(bindparam("p_run"))
 """A run becomes RUNNING when its root state is claimed."""
 
 
+def unlocked(state_id: Any) -> Any:
+    """PostgreSQL: the id of this state unless a live transaction holds its row (`FOR UPDATE SKIP LOCKED`)."""
+    return select(states.c.id).where(states.c.id == state_id).with_for_update(skip_locked=True).scalar_subquery()
+
+
 def _claim_starting_run(with_namespace: bool) -> Any:
-    claimed = _claim(with_namespace).cte("claimed")
+    claimed = _claim(with_namespace, skip_locked=True).cte("claimed")
     started = _start_run(select(claimed.c.run_id).scalar_subquery()).returning(runs.c.id).cte("started")
     return select(claimed).add_cte(started)
 
 
 CLAIM_STARTING_RUN = {False: _claim_starting_run(False), True: _claim_starting_run(True)}
 """PostgreSQL: `CLAIM` and `START_RUN` in one statement (only a root's claim finds its run PENDING),
-keyed by whether the claim is limited to `p_namespace`."""
+keyed by whether the claim is limited to `p_namespace`; a state whose row is locked is not claimed."""
 
 _FINISHABLE = (
     states.c.id == bindparam("p_id"),

@@ -39,10 +39,15 @@ class Sweeps:
         """States whose worker died (their lease expired after a claim): certainly lost, publish them again.
 
         States never claimed are not re-sent here: whether their message is lost depends on what the
-        broker still holds (`waiting_unclaimed` and `resend_oldest`, driven by beat's sweep).
+        broker still holds (`waiting_unclaimed` and `resend_oldest`, driven by beat's sweep). On
+        PostgreSQL a state whose row a live transaction holds (its completion) is skipped.
         """
         now = ledger_now()
         expired = select(states.c.id).where(states.c.status == S.QUEUED.value, states.c.lease_until < now).limit(limit)
+        if self.access.postgres:
+            # A row locked by a live transaction is a completion still in progress (a wide fan-out can
+            # outlast the lease), not a dead worker: skip it rather than wait on it and re-send it.
+            expired = expired.with_for_update(skip_locked=True)
         return self._mark_dispatched(
             update(states)
             .where(states.c.id.in_(expired.scalar_subquery()), states.c.lease_until < now)
