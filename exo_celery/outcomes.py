@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, cast
 
 OutcomeKind = Literal["success", "error", "prune", "requeue"]
 """How an execution ended: returned, raised, raised PruneSignal, raised ReQueueAfterSignal."""
@@ -22,6 +22,47 @@ CounterName = Literal["scope", "run"]
 
 BarrierStrategy = Literal["ALL_SUCCESS", "ALL_DONE", "JOIN"]
 """When a barrier fires: a unite's two strategies, or an implicit join (all predecessors SUCCESS)."""
+
+
+class StateRow(TypedDict):
+    """A state's row as the ledger returns it (the columns of `exo_states`).
+
+    A TypedDict, not a class: the row stays the dict the driver built, so typing it costs nothing
+    on the hot path (issue 16, item 3)."""
+
+    id: str
+    run_id: str
+    namespace: str
+    graph_namespace: str
+    graph_name: str
+    graph_version: int
+    identifier: str
+    node_name: str
+    status: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: str | None
+    data: dict[str, Any] | None
+    retry_count: int
+    parents: dict[str, Any]
+    scopes: dict[str, Any]
+    branch: str
+    execution_id: str | None
+    fingerprint: str | None
+    retry_of: str | None
+    due_at: float
+    lease_token: str | None
+    lease_until: float | None
+    dispatched_at: float | None
+    started_at: float | None
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+def state_row(found: Mapping[Any, Any]) -> StateRow:
+    """A row of `exo_states` read by the driver, as a `StateRow` (a copy, not a conversion)."""
+    return cast(StateRow, dict(found))
 
 
 @dataclass(frozen=True)

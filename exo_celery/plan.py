@@ -14,7 +14,7 @@ The one due-time rule (`status_for_due`) and the one retry rule (`retry_due`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +31,12 @@ from .engine import (
 )
 from .errors import PlanError
 from .graph import RetryPolicyModel
-from .outcomes import Dispatch, Outcome, dispatch_of
+from .outcomes import Dispatch, Outcome, StateRow, dispatch_of
 from .status import StateStatus
 from .topology import Barrier, Topology
 
 S = StateStatus
-Row = Mapping[str, Any]  # a state row as the ledger returns it
+Row = StateRow
 
 MAX_DELIVERIES = 20  # a state whose worker died this many times in a row is ERRORED, not re-sent forever
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
@@ -21,7 +22,7 @@ from .ledger.repo import Repo
 from .ledger.runtimes import Runtimes
 from .ledger.transitions import Transitions
 from .log_redaction import hide_in_logs
-from .outcomes import Completion, Outcome, dispatch_of
+from .outcomes import Completion, Outcome, StateRow, dispatch_of
 from .plan import MAX_DELIVERIES
 from .poison import task_args_problem
 from .settings import Settings
@@ -119,7 +120,7 @@ class Worker:
             self._graphs[key] = cached
         return cached
 
-    def _record(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+    def _record(self, graph: CompiledGraph, row: StateRow, token: str, outcome: Outcome) -> Completion:
         """Complete the state; if its outcome cannot be stored (not an outage), record it as ERRORED instead
         of letting the lease expire and the state run again for ever."""
         try:
@@ -132,7 +133,7 @@ class Worker:
             done = _with_db_retry(lambda: self.transitions.complete(graph, row, token, fallback))
         return done
 
-    def _hand_back(self, row: dict[str, Any], token: str) -> None:
+    def _hand_back(self, row: StateRow, token: str) -> None:
         """A message for a node this worker does not serve (sent by hand, or left on an old queue): give the
         claim back without spending an attempt or a retry, and send the state to its node's own queue."""
         queue = queue_name(self.settings, row["namespace"], row["node_name"])
@@ -213,7 +214,7 @@ def _unrecordable(exc: Exception) -> Outcome:
     return Outcome("error", retryable=False, error=f"the outcome could not be recorded: {type(exc).__name__}: {detail}")
 
 
-def _log_transition(row: dict[str, Any], status: str, error: str | None = None) -> None:
+def _log_transition(row: Mapping[str, Any], status: str, error: str | None = None) -> None:
     log.log(
         logging.ERROR if status in FAILED_STATES else logging.INFO,
         "run=%s state=%s graph=%s identifier=%s status=%s%s",

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, or_, select
 
 from ..engine import CompiledGraph, NewState, ScopeOpen, barrier_fires
+from ..outcomes import StateRow, state_row
 from ..plan import OutcomePlan, gather_needs, opened_or_closed, plan_fired, scope_move, source_of
 from ..status import StateStatus
 from ..topology import Barrier
@@ -45,7 +46,7 @@ class Barriers:
         self.max_input_bytes = max_input_bytes
 
     def apply(
-        self, conn: Connection, graph: CompiledGraph, row: dict[str, Any], plan: OutcomePlan, finish: Finish
+        self, conn: Connection, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, finish: Finish
     ) -> Fired:
         """Open the scopes `plan` opens and move the ones `row` is in, barrier by barrier in order."""
         topo = graph.topology
@@ -61,7 +62,7 @@ class Barriers:
         return fired
 
     def _open(
-        self, conn: Connection, graph: CompiledGraph, barrier: Barrier, op: ScopeOpen, row: dict[str, Any], fired: Fired
+        self, conn: Connection, graph: CompiledGraph, barrier: Barrier, op: ScopeOpen, row: StateRow, fired: Fired
     ) -> None:
         conn.execute(
             insert(scopes).values(
@@ -84,7 +85,7 @@ class Barriers:
         conn: Connection,
         graph: CompiledGraph,
         barrier: Barrier,
-        row: dict[str, Any],
+        row: StateRow,
         plan: OutcomePlan,
         finish: Finish,
         fired: Fired,
@@ -110,7 +111,7 @@ class Barriers:
         opener_id: str,
         failed: int,
         pruned: int,
-        row: dict[str, Any],
+        row: StateRow,
         fired: Fired,
     ) -> None:
         """Create the state of a barrier whose scope just emptied (once: the fingerprint is unique)."""
@@ -119,7 +120,7 @@ class Barriers:
         opener_row = conn.execute(select(states).where(states.c.id == opener_id)).mappings().first()
         if opener_row is None:
             return
-        opener = source_of(dict(opener_row))
+        opener = source_of(state_row(opener_row))
         needs = gather_needs(graph.topology, barrier, opener)
         gathered = _gather(conn, barrier, row["run_id"], sid, needs.gather_ids, needs.region_ids, opener_row)
         known = outputs_of(conn, needs.lineage)

@@ -7,11 +7,9 @@ a state whose run was cancelled while it waited is CANCELLED here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection, select, update
 
-from ..outcomes import ClaimVerdict
+from ..outcomes import ClaimVerdict, StateRow, state_row
 from ..status import RunStatus, StateStatus
 from .access import LedgerAccess
 from .clock import ledger_now
@@ -32,7 +30,7 @@ class Claims:
 
     def claim(
         self, state_id: str, token: str, namespace: str | None = None
-    ) -> tuple[ClaimVerdict, dict[str, Any] | None]:
+    ) -> tuple[ClaimVerdict, StateRow | None]:
         """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None).
 
         With `namespace`, only a state of that namespace is claimed (a misrouted message is ignored).
@@ -53,15 +51,15 @@ class Claims:
                     conn.execute(START_RUN, {"p_run": row["run_id"]})
             if row is not None:
                 conn.commit()
-                return "claimed", dict(row)
+                return "claimed", state_row(row)
             found = conn.execute(select(states, ledger_now().label("ledger_now")).where(states.c.id == state_id))
             current = found.mappings().first()
             if current is not None and current["status"] in CANCEL_WAITING.source_values:
-                if _cancelled_run(conn, dict(current)):
+                if _cancelled_run(conn, state_row(current)):
                     conn.commit()
                     return "skip", None
         if current is not None and current["status"] == S.QUEUED.value and current["due_at"] > current["ledger_now"]:
-            return "early", {k: v for k, v in current.items() if k != "ledger_now"}
+            return "early", state_row({k: v for k, v in current.items() if k != "ledger_now"})
         return "skip", None
 
     def renew_leases(self, leases: dict[str, str]) -> None:
@@ -92,7 +90,7 @@ class Claims:
         return set(leases) - held
 
 
-def _cancelled_run(conn: Connection, row: dict[str, Any]) -> bool:
+def _cancelled_run(conn: Connection, row: StateRow) -> bool:
     """True (and the state CANCELLED) when the state's run was cancelled while it waited."""
     status = conn.execute(select(runs.c.status).where(runs.c.id == row["run_id"])).scalar()
     if status != RunStatus.CANCELLED.value:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, update
 
 from ..engine import CompiledGraph, NewState
-from ..outcomes import Completion, Dispatch, Outcome
+from ..outcomes import Completion, Dispatch, Outcome, StateRow
 from ..plan import OutcomePlan, Reads, plan_outcome, reads_needed, run_move
 from ..status import RunStatus, StateStatus
 from .access import LedgerAccess
@@ -40,7 +40,7 @@ class Completions:
         self.max_input_bytes = max_input_bytes  # rendered inputs of a new state (EXO_MAX_INPUT_BYTES)
         self.barriers = Barriers(access, max_input_bytes)
 
-    def complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+    def complete(self, graph: CompiledGraph, row: StateRow, token: str, outcome: Outcome) -> Completion:
         """Record how an execution ended and everything it causes; says what to publish and log."""
         try:
             return self._complete(graph, row, token, outcome)
@@ -54,7 +54,7 @@ class Completions:
         with self.access.autocommit() as conn:
             return Reads(outputs_of(conn, ancestors), read_store(conn, run_id) if reads_store else {})
 
-    def _complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+    def _complete(self, graph: CompiledGraph, row: StateRow, token: str, outcome: Outcome) -> Completion:
         now = self.access.now()
         ancestors, reads_store = reads_needed(graph, row, outcome)
         reads = self._reads(row["run_id"], ancestors, reads_store)
@@ -65,7 +65,7 @@ class Completions:
             return Completion(plan.status.value, [], [])
         return self._apply(graph, row, plan, compare_and_set, now)
 
-    def _leaf_in_open_scope(self, row: dict[str, Any], plan: OutcomePlan, compare_and_set: dict[str, Any]) -> bool:
+    def _leaf_in_open_scope(self, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any]) -> bool:
         """PostgreSQL: a leaf inside one region (a fan-out branch that ends) is one autocommitted statement,
         unless it is the region's last state and the barrier must fire (the transaction of `_apply`)."""
         if not (self.access.postgres and plan.leaving and plan.no_other_rows):
@@ -77,7 +77,7 @@ class Completions:
             return alone.in_open_scope(conn, next(iter(row["scopes"].values())), plan.pruned)
 
     def _apply(
-        self, graph: CompiledGraph, row: dict[str, Any], plan: OutcomePlan, compare_and_set: dict[str, Any], now: float
+        self, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any], now: float
     ) -> Completion:
         postgres = self.access.postgres
         # A change that is one statement (no new rows, no store writes, no scope that could fire:
@@ -115,7 +115,7 @@ def _rows_inserted(plan: OutcomePlan) -> int:
 
 
 def _move_run(
-    conn: Connection, row: dict[str, Any], plan: OutcomePlan, fired: Fired, finish: Finish, now: float
+    conn: Connection, row: StateRow, plan: OutcomePlan, fired: Fired, finish: Finish, now: float
 ) -> tuple[list[NewState], list[NewState]]:
     """Move the run's counters; the states created and fired that stay (none if the run was cancelled)."""
     created, fired_states = plan.created, fired.states

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from ..errors import NotFoundError, StateError
-from ..outcomes import Dispatch, dispatch_of
+from ..outcomes import Dispatch, dispatch_of, state_row
 from ..plan import opened_or_closed, retry_state
 from ..status import FAILED_STATES, TERMINAL_RUNS, RunStatus, StateStatus
 from .access import LedgerAccess
@@ -34,7 +34,7 @@ class OperatorActions:
             found = conn.execute(select(states).where(states.c.id == state_id)).mappings().first()
             if found is None:
                 raise NotFoundError(f"state {state_id!r} does not exist")
-            row = dict(found)
+            row = state_row(found)
             existing = conn.execute(select(states).where(states.c.retry_of == state_id)).mappings().first()
             if existing is not None:
                 return dict(existing), []

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ..engine import DEFAULT_MAX_INPUT_BYTES, CompiledGraph
-from ..outcomes import ClaimVerdict, Completion, Dispatch, Outcome, dispatch_of
+from ..outcomes import ClaimVerdict, Completion, Dispatch, Outcome, StateRow, dispatch_of
 from ..plan import MAX_DELIVERIES
 from .access import LedgerAccess
 from .claiming import EARLY_TOLERANCE, Claims
@@ -71,7 +71,7 @@ class Transitions:
     # -- claiming (claiming.py) ---------------------------------------------
     def claim(
         self, state_id: str, token: str, namespace: str | None = None
-    ) -> tuple[ClaimVerdict, dict[str, Any] | None]:
+    ) -> tuple[ClaimVerdict, StateRow | None]:
         """Take the lease on a QUEUED state: ("claimed", row), ("early", row) or ("skip", None)."""
         return self.claims.claim(state_id, token, namespace)
 
@@ -84,7 +84,7 @@ class Transitions:
         return self.claims.lost_leases(leases)
 
     # -- completing (completing.py, barriers.py) ------------------------------
-    def complete(self, graph: CompiledGraph, row: dict[str, Any], token: str, outcome: Outcome) -> Completion:
+    def complete(self, graph: CompiledGraph, row: StateRow, token: str, outcome: Outcome) -> Completion:
         """Record how an execution ended and everything it causes; says what to publish and log."""
         return self.completions.complete(graph, row, token, outcome)
 
