@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .graph import GraphNodeModel, UnitesStrategyEnum
+from .graph import GraphNodeModel, UnitesModel, UnitesStrategyEnum
 from .outcomes import BarrierStrategy
 
 JOIN: BarrierStrategy = "JOIN"
@@ -203,9 +203,14 @@ def _peel_cycle(stuck: set[str], after: dict[str, list[str]]) -> set[str]:
     return stuck
 
 
-def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:  # noqa: C901  (issue 16: to split)
-    """The template's topology, or None with every structural problem found (near-linear in size)."""
-    errors: list[str] = []
+def _listed(names: set[str] | list[str]) -> list[str]:
+    """`names` sorted, at most 20 of them shown (and how many more there are)."""
+    shown = sorted(names)
+    return shown if len(shown) <= 20 else [*shown[:20], f"... {len(shown) - 20} more"]
+
+
+def _by_identifier(nodes: list[GraphNodeModel], errors: list[str]) -> dict[str, GraphNodeModel]:
+    """Each identifier's first node; every identifier used twice is reported once."""
     by_id: dict[str, GraphNodeModel] = {}
     duplicates: set[str] = set()
     for n in nodes:
@@ -214,9 +219,18 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:  
         elif n.identifier not in duplicates:
             duplicates.add(n.identifier)
             errors.append(f"duplicate identifier {n.identifier!r}")
+    return by_id
+
+
+def _edges(
+    nodes: list[GraphNodeModel], by_id: dict[str, GraphNodeModel], errors: list[str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(successors, predecessors) from `next_nodes`; unknown names, self-loops and unknown unites reported.
+
+    Every entry is checked, duplicates included, so no problem hides behind a duplicate.
+    """
     successors: dict[str, list[str]] = {i: [] for i in by_id}
     predecessors: dict[str, list[str]] = {i: [] for i in by_id}
-    # Every entry is checked, duplicates included, so no problem hides behind a duplicate.
     for n in nodes:
         linked = set(successors[n.identifier])
         for nxt in dict.fromkeys(n.next_nodes or []):
@@ -230,17 +244,30 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:  
                 predecessors[nxt].append(n.identifier)
         if n.unites is not None and n.unites.identifier not in by_id:
             errors.append(f"node {n.identifier!r}: unites names unknown node {n.unites.identifier!r}")
+    return successors, predecessors
+
+
+def _roots(by_id: dict[str, GraphNodeModel], predecessors: dict[str, list[str]], errors: list[str]) -> list[str]:
+    """Nodes with no incoming edge and no unites; anything but exactly one is reported."""
     roots = [i for i, n in by_id.items() if not predecessors[i] and n.unites is None]
     if len(roots) != 1:
-        shown = sorted(roots)
-        listed = shown if len(shown) <= 20 else [*shown[:20], f"... {len(shown) - 20} more"]
         errors.append(
             f"a graph needs exactly one root (a node with no incoming edge and no unites), found "
-            f"{len(roots)}: {listed}"
+            f"{len(roots)}: {_listed(roots)}"
         )
+    return roots
 
-    # Kahn's algorithm: a cycle leaves nodes unordered. A unite with no incoming
-    # edge is ordered after the node it unites.
+
+def _order(
+    by_id: dict[str, GraphNodeModel],
+    successors: dict[str, list[str]],
+    predecessors: dict[str, list[str]],
+    errors: list[str],
+) -> list[str]:
+    """A topological order (Kahn's algorithm); a cycle leaves nodes unordered and is reported.
+
+    A unite with no incoming edge is ordered after the node it unites.
+    """
     after: dict[str, list[str]] = {i: list(s) for i, s in successors.items()}
     for i, n in by_id.items():
         if n.unites is not None and not predecessors[i] and n.unites.identifier in by_id:
@@ -258,44 +285,61 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:  
     if len(order) != len(by_id):
         # Nodes merely downstream of a cycle are stuck too; peel them off to name the cycle itself.
         stuck = _peel_cycle({i for i in by_id if indegree[i] > 0}, after)
-        shown = sorted(stuck)
-        listed = shown if len(shown) <= 20 else [*shown[:20], f"... {len(shown) - 20} more"]
-        errors.append(f"cycle in next_nodes (or unites) through {listed}")
-    if errors:
-        return None, errors
+        errors.append(f"cycle in next_nodes (or unites) through {_listed(stuck)}")
+    return order
 
-    index = {n: i for i, n in enumerate(order)}
-    topo = Topology(by_id, successors, predecessors, roots[0], order)
-    for node in order:
-        spec = by_id[node]
-        if spec.unites is not None:
-            over = spec.unites.identifier
-            if predecessors[node]:
-                region, up = _between(over, node, topo, index)
-                if over not in up:
-                    errors.append(f"node {node!r}: unites {over!r}, which is not an ancestor of {node!r}")
-                    continue
-                for p in predecessors[node]:
-                    if p != over and p not in region:
-                        errors.append(f"node {node!r}: predecessor {p!r} is not downstream of the united node {over!r}")
-            else:
-                region = _reach(over, successors) - {node} - _reach(node, successors)
-            topo.barriers[node] = Barrier(node, over, _UNITE_STRATEGY[spec.unites.strategy], frozenset(region))
-        elif len(predecessors[node]) > 1:
-            nearest = _nearest_common(predecessors[node], topo, index)
-            if len(nearest) != 1:
-                errors.append(
-                    f"node {node!r}: its predecessors {predecessors[node]} have no single nearest "
-                    f"common ancestor to join under (candidates {sorted(nearest)}); use unites"
-                )
-                continue
-            over = nearest[0]
-            region, _ = _between(over, node, topo, index)
-            topo.barriers[node] = Barrier(node, over, JOIN, frozenset(region))
-    if errors:
-        return None, errors
 
-    # Inner barriers before the barriers whose region holds them, else in topological order.
+def _unite_barrier(
+    node: str, unites: UnitesModel, topo: Topology, index: dict[str, int], errors: list[str]
+) -> Barrier | None:
+    """The barrier of a node with `unites`, or None (reported) when it unites a node that is not its ancestor."""
+    over = unites.identifier
+    preds = topo.predecessors[node]
+    if preds:
+        region, up = _between(over, node, topo, index)
+        if over not in up:
+            errors.append(f"node {node!r}: unites {over!r}, which is not an ancestor of {node!r}")
+            return None
+        for p in preds:
+            if p != over and p not in region:
+                errors.append(f"node {node!r}: predecessor {p!r} is not downstream of the united node {over!r}")
+    else:
+        region = _reach(over, topo.successors) - {node} - _reach(node, topo.successors)
+    return Barrier(node, over, _UNITE_STRATEGY[unites.strategy], frozenset(region))
+
+
+def _join_barrier(node: str, topo: Topology, index: dict[str, int], errors: list[str]) -> Barrier | None:
+    """The implicit join of a node with several predecessors, or None (reported) with no single place to join."""
+    preds = topo.predecessors[node]
+    nearest = _nearest_common(preds, topo, index)
+    if len(nearest) != 1:
+        errors.append(
+            f"node {node!r}: its predecessors {preds} have no single nearest "
+            f"common ancestor to join under (candidates {sorted(nearest)}); use unites"
+        )
+        return None
+    over = nearest[0]
+    region, _ = _between(over, node, topo, index)
+    return Barrier(node, over, JOIN, frozenset(region))
+
+
+def _find_barriers(topo: Topology, index: dict[str, int], errors: list[str]) -> None:
+    """Every unite and join of `topo`, in topological order, into `topo.barriers`."""
+    for node in topo.order:
+        unites = topo.nodes[node].unites
+        if unites is not None:
+            barrier = _unite_barrier(node, unites, topo, index, errors)
+        elif len(topo.predecessors[node]) > 1:
+            barrier = _join_barrier(node, topo, index, errors)
+        else:
+            continue
+        if barrier is not None:
+            topo.barriers[node] = barrier
+
+
+def _order_barriers(topo: Topology, index: dict[str, int]) -> None:
+    """Inner barriers before the barriers whose region holds them, else in topological order; then
+    who opens and who belongs to each barrier, inner ones first."""
     inner_of = {b: [o for o in barrier.region if o in topo.barriers] for b, barrier in topo.barriers.items()}
     waiting = {b: len(inner) for b, inner in inner_of.items()}
     outer_of: dict[str, list[str]] = {b: [] for b in topo.barriers}
@@ -317,15 +361,36 @@ def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:  
         for ident in barrier.region:
             topo._members.setdefault(ident, []).append(barrier)
 
+
+def _link_lineage(topo: Topology) -> None:
+    """Each node's lineage link (its first predecessor's, or its barrier's) and each unite's gathered nodes."""
     links = topo.lineage.links
-    for node in order:
+    for node in topo.order:
         waits = topo.barriers.get(node)
         if waits is None:
-            preds = predecessors[node]
+            preds = topo.predecessors[node]
             links[node] = (preds[0], frozenset((preds[0],))) if preds else (None, frozenset())
         elif waits.strategy == JOIN:
             links[node] = (waits.over, waits.region | {waits.over})
         else:
             links[node] = (waits.over, frozenset())
             topo.gathers[node] = waits.region | {waits.over}
+
+
+def analyse(nodes: list[GraphNodeModel]) -> tuple[Topology | None, list[str]]:
+    """The template's topology, or None with every structural problem found (near-linear in size)."""
+    errors: list[str] = []
+    by_id = _by_identifier(nodes, errors)
+    successors, predecessors = _edges(nodes, by_id, errors)
+    roots = _roots(by_id, predecessors, errors)
+    order = _order(by_id, successors, predecessors, errors)
+    if errors:
+        return None, errors
+    index = {n: i for i, n in enumerate(order)}
+    topo = Topology(by_id, successors, predecessors, roots[0], order)
+    _find_barriers(topo, index, errors)
+    if errors:
+        return None, errors
+    _order_barriers(topo, index)
+    _link_lineage(topo)
     return topo, []
