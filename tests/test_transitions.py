@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from exo_celery import GraphNodeModel, UnitesModel
+from exo_celery import GraphNodeModel, StateManager, UnitesModel
 from exo_celery.engine import CompiledGraph, new_id
 from exo_celery.ledger.db import get_engine
 from exo_celery.ledger.repo import Repo
@@ -23,11 +23,12 @@ from .nodes import Collect, Split, Upper
 from .support import Stack, uid
 
 
-def test_a_lost_lease_or_a_duplicate_changes_nothing_and_the_last_branch_fires_once(stack: Stack) -> None:
-    ns, name = uid("tr"), uid()
-    settings = stack.settings()
-    url = settings.ledger_url
-    Repo(url).register_nodes(ns, {n.__name__: node_schema(n) for n in (Split, Upper, Collect)}, "test")
+def fan_out_and_unite_run(stack: Stack, prefix: str) -> tuple[StateManager, CompiledGraph, str]:
+    """A run (not executed: no worker serves its namespace) of Split -> Upper per item -> Collect (unites)."""
+    ns, name = uid(prefix), uid()
+    Repo(stack.settings().ledger_url).register_nodes(
+        ns, {n.__name__: node_schema(n) for n in (Split, Upper, Collect)}, "test"
+    )
     m = stack.manager(ns)
     nodes = [
         GraphNodeModel(node_name="Split", identifier="split", inputs={"items": "[]"}, next_nodes=["up"]),
@@ -40,8 +41,12 @@ def test_a_lost_lease_or_a_duplicate_changes_nothing_and_the_last_branch_fires_o
         ),
     ]
     m.upsert_graph_sync(name, nodes, secrets={})
-    graph = CompiledGraph.from_row(m.repo.load_graph(ns, name) or {})
-    run_id = m.trigger_sync(name)["run_id"]
+    return m, CompiledGraph.from_row(m.repo.load_graph(ns, name) or {}), m.trigger_sync(name)["run_id"]
+
+
+def test_a_lost_lease_or_a_duplicate_changes_nothing_and_the_last_branch_fires_once(stack: Stack) -> None:
+    url = stack.settings().ledger_url
+    m, graph, run_id = fan_out_and_unite_run(stack, "tr")
     t = Transitions(url, lease_seconds=30, max_countdown=300, worker=True)
     engine = get_engine(url)
 

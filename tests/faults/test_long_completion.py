@@ -17,18 +17,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from exo_celery import GraphNodeModel, UnitesModel
-from exo_celery.engine import CompiledGraph, new_id
+from exo_celery.engine import new_id
 from exo_celery.ledger import completing
 from exo_celery.ledger.db import get_engine
-from exo_celery.ledger.repo import Repo
 from exo_celery.ledger.tables import states
 from exo_celery.ledger.transitions import Outcome, Transitions
-from exo_celery.node import node_schema
 from exo_celery.outcomes import Completion
 
-from ..nodes import Collect, Split, Upper
-from ..support import Stack, uid
+from ..support import Stack
+from ..test_transitions import fan_out_and_unite_run
 from .harness import wait_until
 
 WIDTH = 200  # rows past `completing.LOCK_FIRST_ROWS`
@@ -39,23 +36,8 @@ PAUSE = 3 * LEASE  # how long the completion's inserts pause inside its transact
 def test_a_completion_longer_than_its_lease_is_neither_resent_nor_waited_on(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ns, name = uid("long"), uid()
     url = stack.settings().ledger_url
-    Repo(url).register_nodes(ns, {n.__name__: node_schema(n) for n in (Split, Upper, Collect)}, "test")
-    m = stack.manager(ns)
-    nodes = [
-        GraphNodeModel(node_name="Split", identifier="split", inputs={"items": "[]"}, next_nodes=["up"]),
-        GraphNodeModel(node_name="Upper", identifier="up", inputs={"item": "${{ split.outputs.item }}"}),
-        GraphNodeModel(
-            node_name="Collect",
-            identifier="collect",
-            inputs={"values": "${{ up.outputs.result }}"},
-            unites=UnitesModel(identifier="split"),
-        ),
-    ]
-    m.upsert_graph_sync(name, nodes, secrets={})
-    graph = CompiledGraph.from_row(m.repo.load_graph(ns, name) or {})
-    run_id = m.trigger_sync(name)["run_id"]
+    _, graph, run_id = fan_out_and_unite_run(stack, "long")
     t = Transitions(url, lease_seconds=LEASE, max_countdown=300, worker=True)
     engine = get_engine(url)
     with engine.connect() as conn:
