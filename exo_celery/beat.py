@@ -238,16 +238,23 @@ class Beat:
                 log.info("released %d due state(s), re-sent %d lost or orphaned state(s)", len(due), len(lost))
         if now - self._last_purge >= PURGE_EVERY:
             self._last_purge = now
-            purged, batch, started = 0, 500, time.monotonic()
+            purged, batch, started, longest = 0, 500, time.monotonic(), 0.0
             while time.monotonic() - started < PURGE_BUDGET:
+                begun = time.monotonic()
                 done = self.repo.purge_finished_runs(now - self.settings.retention_seconds, batch)
+                longest = max(longest, time.monotonic() - begun)
                 purged += done
                 if done < batch:
                     break
             else:
                 self._last_purge = 0.0  # not finished: carry on next tick
             if purged:
-                log.info("purged %d finished run(s) past retention", purged)
+                log.info(
+                    "purged %d finished run(s) past retention in %.2f s (longest transaction %.2f s)",
+                    purged,
+                    time.monotonic() - started,
+                    longest,
+                )
         self.heartbeat()
         return min(1.0, self.settings.sweep_interval)
 
