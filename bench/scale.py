@@ -43,6 +43,7 @@ from .harness import (
     tear_down,
 )
 
+SHAPES = {"small": 4, "wide": 499, "wider": 4999}  # purge shapes: fan-out width of the copied run (~2w rows)
 LEDGER_TABLES = ("exo_states", "exo_scopes", "exo_runs", "exo_store")
 RETENTION = 3600.0  # beat's EXO_RETENTION_SECONDS in the purge case; the copied runs finished 2 days ago
 AGE = 2 * 86400.0
@@ -425,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="small sizes: a smoke test (figures not comparable)")
     parser.add_argument("--widths", default="", help="fan-out widths, e.g. 1000,5000,100000")
     parser.add_argument("--only", default="", help="phases to run: fan,disk,purge (default all)")
-    parser.add_argument("--shapes", default="", help="purge shapes: small (runs of 10 rows), wide (1,000)")
+    parser.add_argument(
+        "--shapes", default="", help="purge shapes: small (runs of 10 rows), wide (1,000), wider (10,000; not default)"
+    )
     parser.add_argument("--purge-states", type=int, default=0, help="state rows to purge per shape (1,000,000)")
     parser.add_argument("--window", type=float, default=0.0, help="seconds of stream before/after a purge (40)")
     parser.add_argument("--no-explain", action="store_true", help="skip EXPLAIN of one purge batch after the purges")
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_explain:
         cfg.explain = False
     if args.shapes:
-        cfg.shapes = tuple(s for s in cfg.shapes if s[0] in args.shapes.split(","))
+        cfg.shapes = tuple((s, SHAPES[s]) for s in args.shapes.split(","))
 
     started = time.monotonic()
     res = Results()
