@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_explain:
         cfg.explain = False
     if args.shapes:
-        cfg.shapes = tuple((s, SHAPES[s]) for s in args.shapes.split(","))
+        cfg.shapes = tuple((s, dict(cfg.shapes).get(s, SHAPES[s])) for s in args.shapes.split(","))
 
     started = time.monotonic()
     res = Results()

@@ -288,6 +288,36 @@ def test_beat_purges_a_backlog_of_expired_runs_promptly(fresh_pg: Stack) -> None
     assert m.list_runs_sync(name, limit=1000) == []
 
 
+def test_a_purge_transaction_is_capped_by_state_rows_and_deletes_whole_runs(fresh_pg: Stack) -> None:
+    """Finished runs of 3 states and of 1 state, purged with a cap of 4 state rows per transaction:
+    several transactions, each of whole runs only (a run wider than the cap would go alone)."""
+    settings = fresh_pg.settings()
+    Runtime(NS, "registrar", timing_nodes.NODES, settings=settings).register()
+    m = fresh_pg.manager(NS)
+    wide, narrow = uid("ret3"), uid("ret1")
+    for name, width in ((wide, 3), (narrow, 1)):
+        nodes = [GraphNodeModel(node_name="Echo", identifier=f"e{i}", inputs={"text": "x"}) for i in range(width)]
+        m.upsert_graph_sync(name, nodes, secrets={})
+    # Never published (due far beyond EXO_MAX_COUNTDOWN), then cancelled: finished runs.
+    ids = [m.trigger_sync(name, start_delay=10**9)["run_id"] for name in (wide, narrow) * 4]
+    for run_id in ids:
+        m.cancel_sync(run_id)
+    widths = {r: len(m.repo.list_states(r)) for r in ids}
+    assert sorted(widths.values()) == [1] * 4 + [3] * 4
+    cutoff = m.repo.get_run(ids[-1])["finished_at"] + 0.001
+    left, rounds = set(ids), 0
+    while done := m.repo.purge_finished_runs(cutoff, batch=500, max_states=4):
+        rounds += 1
+        now_left = {r for r in left if m.repo.get_run(r) is not None}
+        gone = left - now_left
+        assert len(gone) == done and (done == 1 or sum(widths[r] for r in gone) <= 4)
+        for r in now_left | gone:  # whole runs only: all their states, or none and no run row
+            assert len(m.repo.list_states(r)) == (widths[r] if r in now_left else 0)
+        left = now_left
+    assert not left and rounds >= 3
+    assert m.repo.purge_finished_runs(cutoff, batch=500, max_states=4) == 0  # safe to repeat
+
+
 def test_two_beats_fire_a_cron_trigger_once_per_minute(beat_stack: BeatStack) -> None:
     """Waits for the first minute boundary after both beats started (up to ~65 s)."""
     m = beat_stack.manager

@@ -117,8 +117,13 @@ class Sweeps:
         return [dispatch_of(dict(r)) for r in rows]
 
 
-def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500) -> int:
-    """Delete runs finished before `older_than`, with their states, scopes, store and store writes."""
+def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500, max_states: int = 20_000) -> int:
+    """Delete runs finished before `older_than`, with their states, scopes, store and store writes.
+
+    One transaction of at most `batch` runs and, past the first run, at most `max_states` state rows:
+    each run goes whole or not at all, so the API never shows a run half deleted. Returns the runs
+    deleted (0: none left); safe to repeat, and with two beats.
+    """
     with engine.begin() as conn:
         ids = list(
             conn.execute(
@@ -127,10 +132,19 @@ def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500) -> 
                 .limit(batch)
             ).scalars()
         )
-        if ids:
-            for table in (states, scopes, store, store_writes):
-                conn.execute(delete(table).where(table.c.run_id.in_(ids)))
-            conn.execute(delete(runs).where(runs.c.id.in_(ids)))
+        if not ids:
+            return 0
+        # The first `max_states` state rows of these runs in run order (an index range scan that stops
+        # there): every run but the last seen is whole; when the limit is not reached, all runs fit.
+        head = (
+            select(states.c.run_id).where(states.c.run_id.in_(ids)).order_by(states.c.run_id).limit(max_states)
+        ).subquery()
+        seen = conn.execute(select(head.c.run_id, func.count()).group_by(head.c.run_id).order_by(head.c.run_id)).all()
+        if sum(n for _, n in seen) >= max_states:
+            ids = [r for r, _ in seen[:-1]] or [seen[0][0]]  # one run wider than the cap goes alone
+        for table in (states, scopes, store, store_writes):
+            conn.execute(delete(table).where(table.c.run_id.in_(ids)))
+        conn.execute(delete(runs).where(runs.c.id.in_(ids)))
     return len(ids)
 
 
