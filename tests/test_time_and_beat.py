@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from exo_celery import (
     CronTrigger,
@@ -36,7 +37,7 @@ from exo_celery import (
 )
 from exo_celery.beat import Beat
 from exo_celery.ledger.db import get_engine
-from exo_celery.ledger.tables import runs
+from exo_celery.ledger.tables import runs, states
 
 from .support import Proc, Stack, run, uid
 from .timing import NODES_SPEC, NS, by_identifier, private_pg, report_lateness, stamps, wait_until
@@ -294,14 +295,18 @@ def test_a_purge_transaction_is_capped_by_state_rows_and_deletes_whole_runs(fres
     settings = fresh_pg.settings()
     Runtime(NS, "registrar", timing_nodes.NODES, settings=settings).register()
     m = fresh_pg.manager(NS)
-    wide, narrow = uid("ret3"), uid("ret1")
-    for name, width in ((wide, 3), (narrow, 1)):
-        nodes = [GraphNodeModel(node_name="Echo", identifier=f"e{i}", inputs={"text": "x"}) for i in range(width)]
-        m.upsert_graph_sync(name, nodes, secrets={})
-    # Never published (due far beyond EXO_MAX_COUNTDOWN), then cancelled: finished runs.
-    ids = [m.trigger_sync(name, start_delay=10**9)["run_id"] for name in (wide, narrow) * 4]
+    name = uid("ret")
+    m.upsert_graph_sync(name, [GraphNodeModel(node_name="Echo", identifier="e", inputs={"text": "x"})], secrets={})
+    # Never published (due far beyond EXO_MAX_COUNTDOWN), then cancelled: finished runs of one state;
+    # every other one gets two more state rows (copies of its root under new ids).
+    ids = [m.trigger_sync(name, start_delay=10**9)["run_id"] for _ in range(8)]
     for run_id in ids:
         m.cancel_sync(run_id)
+    with get_engine(m.settings.ledger_url).begin() as conn:
+        for run_id in ids[::2]:
+            root = dict(conn.execute(select(states).where(states.c.run_id == run_id)).mappings().one())
+            for k in (1, 2):
+                conn.execute(insert(states).values({**root, "id": uuid.uuid4().hex, "identifier": f"e{k}"}))
     widths = {r: len(m.repo.list_states(r)) for r in ids}
     assert sorted(widths.values()) == [1] * 4 + [3] * 4
     cutoff = m.repo.get_run(ids[-1])["finished_at"] + 0.001
