@@ -134,18 +134,35 @@ def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500, max
         )
         if not ids:
             return 0
-        # The first `max_states` state rows of these runs in run order (an index range scan that stops
-        # there): every run but the last seen is whole; when the limit is not reached, all runs fit.
-        head = (
-            select(states.c.run_id).where(states.c.run_id.in_(ids)).order_by(states.c.run_id).limit(max_states)
-        ).subquery()
-        seen = conn.execute(select(head.c.run_id, func.count()).group_by(head.c.run_id).order_by(head.c.run_id)).all()
-        if sum(n for _, n in seen) >= max_states:
-            ids = [r for r, _ in seen[:-1]] or [seen[0][0]]  # one run wider than the cap goes alone
+        ids = _within(conn, ids, max_states)
         for table in (states, scopes, store, store_writes):
             conn.execute(delete(table).where(table.c.run_id.in_(ids)))
         conn.execute(delete(runs).where(runs.c.id.in_(ids)))
     return len(ids)
+
+
+def _within(conn: Any, ids: list[str], max_states: int) -> list[str]:
+    """The first of these runs whose state rows add up to at most `max_states` (always the first run).
+
+    Counted in chunks of 1, 2, 4, ... runs (each an index lookup, whatever the planner thinks of a long
+    list), stopping at the first run over the cap: at most about twice the cap's rows are counted.
+    """
+    chosen: list[str] = []
+    total, size = 0, 1
+    while len(chosen) < len(ids):
+        chunk = ids[len(chosen) : len(chosen) + size]
+        counts = dict(
+            conn.execute(
+                select(states.c.run_id, func.count()).where(states.c.run_id.in_(chunk)).group_by(states.c.run_id)
+            ).all()
+        )
+        for run_id in chunk:
+            total += counts.get(run_id, 0)
+            if chosen and total > max_states:
+                return chosen
+            chosen.append(run_id)
+        size *= 2
+    return chosen
 
 
 def dispatched_at(engine: Engine, state_ids: list[str]) -> dict[str, float]:
