@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from exo_celery import (
     CronTrigger,
@@ -36,7 +37,7 @@ from exo_celery import (
 )
 from exo_celery.beat import Beat
 from exo_celery.ledger.db import get_engine
-from exo_celery.ledger.tables import runs
+from exo_celery.ledger.tables import runs, states
 
 from .support import Proc, Stack, run, uid
 from .timing import NODES_SPEC, NS, by_identifier, private_pg, report_lateness, stamps, wait_until
@@ -286,6 +287,40 @@ def test_beat_purges_a_backlog_of_expired_runs_promptly(fresh_pg: Stack) -> None
     while time.monotonic() < deadline:
         time.sleep(beat.tick() / 10)
     assert m.list_runs_sync(name, limit=1000) == []
+
+
+def test_a_purge_transaction_is_capped_by_state_rows_and_deletes_whole_runs(fresh_pg: Stack) -> None:
+    """Finished runs of 3 states and of 1 state, purged with a cap of 4 state rows per transaction:
+    several transactions, each of whole runs only (a run wider than the cap would go alone)."""
+    settings = fresh_pg.settings()
+    Runtime(NS, "registrar", timing_nodes.NODES, settings=settings).register()
+    m = fresh_pg.manager(NS)
+    name = uid("ret")
+    m.upsert_graph_sync(name, [GraphNodeModel(node_name="Echo", identifier="e", inputs={"text": "x"})], secrets={})
+    # Never published (due far beyond EXO_MAX_COUNTDOWN), then cancelled: finished runs of one state;
+    # every other one gets two more state rows (copies of its root under new ids).
+    ids = [m.trigger_sync(name, start_delay=10**9)["run_id"] for _ in range(8)]
+    for run_id in ids:
+        m.cancel_sync(run_id)
+    with get_engine(m.settings.ledger_url).begin() as conn:
+        for run_id in ids[::2]:
+            root = dict(conn.execute(select(states).where(states.c.run_id == run_id)).mappings().one())
+            for k in (1, 2):
+                conn.execute(insert(states).values({**root, "id": uuid.uuid4().hex, "identifier": f"e{k}"}))
+    widths = {r: len(m.repo.list_states(r)) for r in ids}
+    assert sorted(widths.values()) == [1] * 4 + [3] * 4
+    cutoff = m.repo.get_run(ids[-1])["finished_at"] + 0.001
+    left, rounds = set(ids), 0
+    while done := m.repo.purge_finished_runs(cutoff, batch=500, max_states=4):
+        rounds += 1
+        now_left = {r for r in left if m.repo.get_run(r) is not None}
+        gone = left - now_left
+        assert len(gone) == done and (done == 1 or sum(widths[r] for r in gone) <= 4)
+        for r in now_left | gone:  # whole runs only: all their states, or none and no run row
+            assert len(m.repo.list_states(r)) == (widths[r] if r in now_left else 0)
+        left = now_left
+    assert not left and rounds >= 3
+    assert m.repo.purge_finished_runs(cutoff, batch=500, max_states=4) == 0  # safe to repeat
 
 
 def test_two_beats_fire_a_cron_trigger_once_per_minute(beat_stack: BeatStack) -> None:

@@ -264,9 +264,11 @@ class Repo:
             return dict(conn.execute(select(store.c.key, store.c.value).where(store.c.run_id == run_id)).all())
 
     # -- retention -------------------------------------------------------
-    def purge_finished_runs(self, older_than: float, batch: int = 500) -> int:
-        """Delete runs finished before `older_than`, with their states, scopes, store and store writes."""
-        return purge_finished_runs(self.engine, older_than, batch)  # retention is a sweep: sweeps.py owns it
+    def purge_finished_runs(self, older_than: float, batch: int = 500, max_states: int = 20_000) -> int:
+        """Delete runs finished before `older_than` (at most `batch` runs and about `max_states` state
+        rows), with their states, scopes, store and store writes; returns the runs deleted."""
+        # Retention is a sweep: sweeps.py owns it.
+        return purge_finished_runs(self.engine, older_than, batch, max_states)
 
 
 def outputs_of(conn: Connection, state_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -122,8 +122,13 @@ class Sweeps:
         return [dispatch_of(dict(r)) for r in rows]
 
 
-def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500) -> int:
-    """Delete runs finished before `older_than`, with their states, scopes, store and store writes."""
+def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500, max_states: int = 20_000) -> int:
+    """Delete runs finished before `older_than`, with their states, scopes, store and store writes.
+
+    One transaction of at most `batch` runs and, past the first run, at most `max_states` state rows:
+    each run goes whole or not at all, so the API never shows a run half deleted. Returns the runs
+    deleted (0: none left); safe to repeat, and with two beats.
+    """
     with engine.begin() as conn:
         ids = list(
             conn.execute(
@@ -132,11 +137,37 @@ def purge_finished_runs(engine: Engine, older_than: float, batch: int = 500) -> 
                 .limit(batch)
             ).scalars()
         )
-        if ids:
-            for table in (states, scopes, store, store_writes):
-                conn.execute(delete(table).where(table.c.run_id.in_(ids)))
-            conn.execute(delete(runs).where(runs.c.id.in_(ids)))
+        if not ids:
+            return 0
+        ids = _within(conn, ids, max_states)
+        for table in (states, scopes, store, store_writes):
+            conn.execute(delete(table).where(table.c.run_id.in_(ids)))
+        conn.execute(delete(runs).where(runs.c.id.in_(ids)))
     return len(ids)
+
+
+def _within(conn: Any, ids: list[str], max_states: int) -> list[str]:
+    """The first of these runs whose state rows add up to at most `max_states` (always the first run).
+
+    Counted in chunks of 1, 2, 4, ... runs (each an index lookup, whatever the planner thinks of a long
+    list), stopping at the first run over the cap: at most about twice the cap's rows are counted.
+    """
+    chosen: list[str] = []
+    total, size = 0, 1
+    while len(chosen) < len(ids):
+        chunk = ids[len(chosen) : len(chosen) + size]
+        counts = dict(
+            conn.execute(
+                select(states.c.run_id, func.count()).where(states.c.run_id.in_(chunk)).group_by(states.c.run_id)
+            ).all()
+        )
+        for run_id in chunk:
+            total += counts.get(run_id, 0)
+            if chosen and total > max_states:
+                return chosen
+            chosen.append(run_id)
+        size *= 2
+    return chosen
 
 
 def dispatched_at(engine: Engine, state_ids: list[str]) -> dict[str, float]:
