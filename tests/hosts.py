@@ -3,8 +3,9 @@
 Each host is a network namespace (`ip netns`, iproute2) with loopback up and one veth leg on a bridge
 that lives in the first host's namespace (so nothing touches the machine's own network). Every
 process a host runs gets, through `unshare` (util-linux), its own hostname (UTS namespace) and its
-own empty /tmp (a tmpfs in a private mount namespace) as working directory: hosts share neither
-localhost, nor a hostname, nor /tmp. Logs go to files the test opened (inherited file descriptors).
+own empty /tmp (a tmpfs in a private mount namespace; a checkout under /tmp is bound back in) as
+working directory: hosts share neither localhost, nor a hostname, nor /tmp. Logs go to files the
+test opened (inherited file descriptors).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Hosts:
     def spawn(self, name: str, label: str, argv: list[str], env: dict[str, str], user: str | None = None) -> Proc:
         """Run `argv` on host `name` (hostname `name`, a private /tmp as cwd), as `user` if given."""
         command = shlex.join(["runuser", "-u", user, "--", *argv] if user else argv)
-        script = f"hostname {name} && mount -t tmpfs -o mode=1777,size=512m exo-tmp /tmp && cd /tmp && exec {command}"
+        script = f"hostname {name} && {_private_tmp()} && cd /tmp && exec {command}"
         wrapped = [
             *("ip", "netns", "exec", self.netns(name)),
             *("unshare", "--uts", "--mount", "--propagation", "private", "--", "sh", "-c", script),
@@ -139,3 +140,18 @@ class Hosts:
 def python(module: str, *args: str) -> list[str]:
     """argv running a module of this checkout with the test's interpreter (the code each host has installed)."""
     return [sys.executable, "-m", module, *args]
+
+
+def _private_tmp() -> str:
+    """Shell commands mounting an empty tmpfs on /tmp, with the checkout and its venv bound back in
+    when they live under /tmp (a clone in /tmp would otherwise vanish under the new mount)."""
+    mount = "mount -t tmpfs -o mode=1777,size=512m exo-tmp /tmp"
+    wanted = {Path(__file__).resolve().parent.parent, Path(sys.prefix).resolve()}
+    under = sorted(str(p) for p in wanted if p.is_relative_to("/tmp"))
+    keep = [p for p in under if not any(p.startswith(q + "/") for q in under)]
+    if not keep:
+        return mount
+    binds = " && ".join(
+        f"mkdir -p {shlex.quote(p)} && mount --bind {shlex.quote('/mnt' + p[4:])} {shlex.quote(p)}" for p in keep
+    )
+    return f"mount --bind /tmp /mnt && {mount} && {binds} && umount -l /mnt"

@@ -1,5 +1,5 @@
-"""Runs tests in the other Pythons: the compat suite and the unit tests on 3.12 (which has the real
-SDK), and the unit tests on 3.13.
+"""Runs the compat suite and the unit tests on Python 3.12, which has the real SDK (3.13: see
+test_newest_python.py, a file of its own so that the two run in parallel under `-n 2`).
 
 EXO_COMPAT_PYTEST_ARGS replaces what the 3.12 interpreter runs, e.g. `tests` to run the whole suite
 on Python 3.12 too (the default is the SDK suite and the unit tests). The whole suite on every
@@ -20,7 +20,7 @@ from ..support import CI, ROOT
 DEFAULT_ARGS = "tests/compat/sdk tests/unit"
 
 
-def _passes_inside(python: Path, args: list[str]) -> None:
+def passes_inside(python: Path, args: list[str]) -> None:
     """Run pytest with `args` in `python`; assert it passed and, under CI, skipped nothing."""
     if os.environ.get("EXO_COMPAT_INNER"):
         pytest.skip("already inside the compat interpreter")
@@ -46,9 +46,5 @@ def _passes_inside(python: Path, args: list[str]) -> None:
 # Its inner suite may take 15 minutes (its own timeout), after the compat venv is built (pip, minutes).
 @pytest.mark.timeout(1800)
 def test_compat_suite_passes_on_python_312_against_the_real_sdk(sdk_python: Path) -> None:
-    _passes_inside(sdk_python, shlex.split(os.environ.get("EXO_COMPAT_PYTEST_ARGS") or DEFAULT_ARGS))
+    passes_inside(sdk_python, shlex.split(os.environ.get("EXO_COMPAT_PYTEST_ARGS") or DEFAULT_ARGS))
 
-
-@pytest.mark.timeout(1200)
-def test_unit_tests_pass_on_python_313(newest_python: Path) -> None:
-    _passes_inside(newest_python, ["tests/unit"])
