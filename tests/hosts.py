@@ -142,13 +142,18 @@ def python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def kept_under_tmp() -> list[str]:
+    """The checkout and its venv, where they live under /tmp (each host's private /tmp shows them)."""
+    wanted = {Path(__file__).resolve().parent.parent, Path(sys.prefix).resolve()}
+    under = sorted(str(p) for p in wanted if p.is_relative_to("/tmp"))
+    return [p for p in under if not any(p.startswith(q + "/") for q in under)]
+
+
 def _private_tmp() -> str:
     """Shell commands mounting an empty tmpfs on /tmp, with the checkout and its venv bound back in
     when they live under /tmp (a clone in /tmp would otherwise vanish under the new mount)."""
     mount = "mount -t tmpfs -o mode=1777,size=512m exo-tmp /tmp"
-    wanted = {Path(__file__).resolve().parent.parent, Path(sys.prefix).resolve()}
-    under = sorted(str(p) for p in wanted if p.is_relative_to("/tmp"))
-    keep = [p for p in under if not any(p.startswith(q + "/") for q in under)]
+    keep = kept_under_tmp()
     if not keep:
         return mount
     binds = " && ".join(
