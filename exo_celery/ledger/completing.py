@@ -22,7 +22,7 @@ from .barriers import Barriers, Fired
 from .finish import Finish, NotOurs
 from .moves import CANCEL_WAITING
 from .repo import outputs_of
-from .rows import insert_states, read_store, write_store
+from .rows import insert_states, read_store, state_values, write_store
 from .store_writes import record_store_writes
 from .tables import states
 
@@ -63,6 +63,8 @@ class Completions:
         compare_and_set = {"p_id": row["id"], "p_token": token, **plan.values}
         if self._leaf_in_open_scope(row, plan, compare_and_set):
             return Completion(plan.status.value, [], [])
+        if self._creates_outside_regions(row, plan):
+            return self._create_alone(row, plan, compare_and_set, now)
         return self._apply(graph, row, plan, compare_and_set, now)
 
     def _leaf_in_open_scope(self, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any]) -> bool:
@@ -75,6 +77,31 @@ class Completions:
         with self.access.autocommit() as conn:
             alone = Finish(compare_and_set)  # neither use changes the dict
             return alone.in_open_scope(conn, next(iter(row["scopes"].values())), plan.pruned)
+
+    def _creates_outside_regions(self, row: StateRow, plan: OutcomePlan) -> bool:
+        """PostgreSQL: a completion that creates a few states and touches no barrier and no store (a hop of
+        a chain) is one autocommitted statement (`statements.finish_creating`)."""
+        if not (self.access.postgres and (plan.created or plan.finished)):
+            return False
+        return not (row["scopes"] or plan.opens or plan.store_writes) and _rows_inserted(plan) <= LOCK_FIRST_ROWS
+
+    def _create_alone(
+        self, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any], now: float
+    ) -> Completion:
+        new_rows = [state_values(s, row, now, now) for s in plan.finished]
+        new_rows += [state_values(s, row, now, plan.created_due) for s in plan.created]
+        delta, failed = run_move(plan, False, [], [], 0)
+        with self.access.autocommit() as conn:
+            moved = Finish(compare_and_set).creating(
+                conn, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
+            )
+        created = [] if moved.status == RunStatus.CANCELLED.value else plan.created
+        dispatches = [
+            Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, plan.created_due)
+            for s in created
+            if s.status == StateStatus.QUEUED
+        ]
+        return Completion(plan.status.value, dispatches, [(s.id, s.identifier, s.status.value) for s in created])
 
     def _apply(
         self, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any], now: float

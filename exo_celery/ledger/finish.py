@@ -7,7 +7,15 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..outcomes import CounterName
-from .statements import FINISH_STATE, MOVE_RUN, MOVE_RUN_NOTIFYING, MOVE_SCOPE, finish_in_open_scope, finish_then
+from .statements import (
+    FINISH_STATE,
+    MOVE_RUN,
+    MOVE_RUN_NOTIFYING,
+    MOVE_SCOPE,
+    finish_creating,
+    finish_in_open_scope,
+    finish_then,
+)
 
 
 class NotOurs(Exception):  # internal control flow: caught by the completion, never reaches users
@@ -41,6 +49,15 @@ class Finish:
         columns, params = self._take()
         params.update(p_scope=scope_id, p_delta=-1, p_pruned=pruned)
         return conn.execute(finish_in_open_scope(columns), params).first() is not None
+
+    def creating(self, conn: Connection, new_rows: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+        """PostgreSQL, on an autocommit connection: the compare-and-set, the inserts of `new_rows` and MOVE_RUN
+        in one statement (`finish_creating`); the run's row as moved, or NotOurs and nothing changed."""
+        columns, merged = self._take()
+        moved = conn.execute(finish_creating(columns), {**merged, **params, "p_rows": new_rows}).first()
+        if moved is None:
+            raise NotOurs
+        return moved
 
     def move(self, conn: Connection, counter: CounterName, params: dict[str, Any]) -> Any:
         """MOVE_SCOPE (`counter="scope"`) or MOVE_RUN (`"run"`), with the compare-and-set if still pending."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, case, exists, func, insert, or_, select, true, update
+from sqlalchemy import JSON, bindparam, case, column, exists, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..status import RunStatus, StateStatus
 from .clock import ledger_now
+from .moves import CANCEL_WAITING
 from .notify import notify_run_ended
 from .tables import graphs, runs, scopes, states, store
 
@@ -146,6 +147,39 @@ def finish_in_open_scope(columns: tuple[str, ...]) -> Any:
     return select(moved.c.outstanding).add_cte(finished)
 
 
+@cache
+def finish_creating(columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: finish a state, insert the states it creates (`p_rows`) and move its run, in one statement.
+
+    For a completion outside every region that opens no scope and writes no store (a hop of a chain):
+    one autocommitted statement instead of a transaction of four. The run's row is locked by the move,
+    which orders this against a concurrent cancel as the transaction did: a run found CANCELLED gets its
+    new states inserted CANCELLED (`moves.CANCEL_WAITING`). No row back: the state was not ours, and
+    nothing changed.
+    """
+    finished = _finish(columns).returning(states.c.run_id).cte("finished")
+    moved = _moved_run(finished)
+    rows = (
+        func.json_to_recordset(bindparam("p_rows", type_=JSON))
+        .table_valued(*(column(c.name, c.type) for c in states.c))
+        .render_derived("new_rows", with_types=True)
+    )
+    status = case(
+        (
+            (moved.c.status == RunStatus.CANCELLED.value) & rows.c.status.in_(CANCEL_WAITING.source_values),
+            CANCEL_WAITING.target,
+        ),
+        else_=rows.c.status,
+    )
+    chosen = [status if c.name == "status" else rows.c[c.name] for c in states.c]
+    inserted = (
+        insert(states)
+        .from_select([c.name for c in states.c], select(*chosen).select_from(moved.join(rows, true())))
+        .cte("inserted")
+    )
+    return _notifying(moved).add_cte(inserted)
+
+
 def _move_scope(after: Any = None) -> Any:
     statement = update(scopes).where(scopes.c.id == bindparam("p_scope"))
     if after is not None:
@@ -161,14 +195,14 @@ MOVE_SCOPE = _move_scope()
 """Move a barrier's counters (`p_scope`); returns them as they now are."""
 
 
-def _move_run(after: Any = None, notify: bool = False) -> Any:
+def _run_update(after: Any = None) -> Any:
+    """UPDATE of a run's counters (`p_run`, `p_delta`, `p_failed`), ending it when it empties while active."""
     active = runs.c.status.in_(_ACTIVE_RUN)
     ends = active & (runs.c.outstanding + bindparam("p_delta") <= 0)
-    now = ledger_now()
     statement = update(runs).where(runs.c.id == bindparam("p_run"))
     if after is not None:
         statement = statement.where(runs.c.id == after.c.run_id)
-    statement = statement.values(
+    return statement.values(
         outstanding=runs.c.outstanding + bindparam("p_delta"),
         failed=runs.c.failed + bindparam("p_failed"),
         status=case(
@@ -176,16 +210,30 @@ def _move_run(after: Any = None, notify: bool = False) -> Any:
             (ends, RunStatus.SUCCESS.value),
             else_=runs.c.status,
         ),
-        finished_at=case((ends, now), else_=runs.c.finished_at),
+        finished_at=case((ends, ledger_now()), else_=runs.c.finished_at),
     )
-    if not notify:
-        return statement.returning(runs.c.status)
+
+
+def _moved_run(after: Any = None) -> Any:
+    """`_run_update` as a CTE returning the run's id, status and finished_at as they now are."""
+    return _run_update(after).returning(runs.c.id, runs.c.status, runs.c.finished_at).cte("moved_run")
+
+
+def _notifying(moved: Any) -> Any:
+    """SELECT the moved run's status, notifying its waiters if this statement ended it."""
     # RETURNING sees the new row only: the run ended here if it finished at this statement's time
     # (a run finished earlier, by another process, has another finished_at). A rare duplicate
     # notification would be harmless: waiters re-read the run.
-    moved = statement.returning(runs.c.id, runs.c.status, runs.c.finished_at).cte("moved_run")
-    ended = (moved.c.finished_at == now) & moved.c.status.in_([RunStatus.SUCCESS.value, RunStatus.FAILED.value])
+    ended = (moved.c.finished_at == ledger_now()) & moved.c.status.in_(
+        [RunStatus.SUCCESS.value, RunStatus.FAILED.value]
+    )
     return select(moved.c.status, case((ended, notify_run_ended(moved.c.id))).label("notified"))
+
+
+def _move_run(after: Any = None, notify: bool = False) -> Any:
+    if not notify:
+        return _run_update(after).returning(runs.c.status)
+    return _notifying(_moved_run(after))
 
 
 MOVE_RUN = _move_run()
