@@ -107,3 +107,44 @@ def test_a_lost_lease_or_a_duplicate_changes_nothing_and_the_last_branch_fires_o
     assert counters() == (0, [0])
     assert m.get_run_sync(run_id)["status"] == "SUCCESS"
     assert sum(1 for s in m.repo.list_states(run_id) if s["identifier"] == "collect") == 1
+
+
+def test_a_completion_creating_states_outside_regions_is_all_or_nothing(stack: Stack) -> None:
+    """A hop (PostgreSQL: one statement finishing the state, inserting its children and moving the run)."""
+    url = stack.settings().ledger_url
+    ns, name = uid("hop"), uid()
+    Repo(url).register_nodes(ns, {n.__name__: node_schema(n) for n in (Split, Upper)}, "test")
+    m = stack.manager(ns)
+    nodes = [
+        GraphNodeModel(node_name="Split", identifier="split", inputs={"items": "[]"}, next_nodes=["up"]),
+        GraphNodeModel(node_name="Upper", identifier="up", inputs={"item": "${{ split.outputs.item }}"}),
+    ]
+    m.upsert_graph_sync(name, nodes, secrets={})
+    graph = CompiledGraph.from_row(m.repo.load_graph(ns, name) or {})
+    run_id = m.trigger_sync(name)["run_id"]
+    t = Transitions(url, lease_seconds=30, max_countdown=300, worker=True)
+    (root,) = m.repo.list_states(run_id)
+    token = new_id()
+    verdict, row = t.claim(root["id"], token)
+    assert verdict == "claimed" and row is not None
+    fanned = Outcome("success", outputs=[{"item": i} for i in ("a", "b", "c")])
+
+    assert t.complete(graph, row, "0" * 32, fanned).status is None  # not our lease: nothing changes
+    assert [s["identifier"] for s in m.repo.list_states(run_id)] == ["split"]
+
+    done = t.complete(graph, row, token, fanned)
+    assert done.status == "SUCCESS" and sorted(c[1] for c in done.created) == ["up"] * 3
+    assert len(done.dispatches) == 3
+    assert t.complete(graph, row, token, fanned).status is None  # a duplicate changes nothing
+    listed = m.repo.list_states(run_id)
+    assert sorted((s["identifier"], s["status"]) for s in listed) == [
+        ("split", "SUCCESS"),
+        ("split", "SUCCESS"),
+        ("split", "SUCCESS"),
+        ("up", "QUEUED"),
+        ("up", "QUEUED"),
+        ("up", "QUEUED"),
+    ]
+    assert sorted(s["inputs"]["item"] for s in listed if s["identifier"] == "up") == ["a", "b", "c"]
+    with get_engine(url).connect() as conn:
+        assert conn.execute(select(runs.c.outstanding).where(runs.c.id == run_id)).scalar_one() == 3
