@@ -47,10 +47,13 @@ def state_values(s: NewState, run: Mapping[str, Any], now: float, due_at: float)
     }
 
 
+INSERT_CHUNK = 1000  # rows per INSERT: a wide fan-out's rows are built a chunk at a time, not all at once
+
+
 def insert_states(conn: Connection, new: list[NewState], row: Mapping[str, Any], now: float, due_at: float) -> None:
-    """Insert planned states of `row`'s run, due at `due_at`."""
-    if new:
-        conn.execute(INSERT_STATES, [state_values(s, row, now, due_at) for s in new])
+    """Insert planned states of `row`'s run, due at `due_at` (INSERT_CHUNK rows per statement)."""
+    for start in range(0, len(new), INSERT_CHUNK):
+        conn.execute(INSERT_STATES, [state_values(s, row, now, due_at) for s in new[start : start + INSERT_CHUNK]])
 
 
 def insert_unique(
