@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 from .support import (
     RABBITMQ_URL,
     REDIS_URL,
+    ROOT,
     Stack,
     check_postgres,
     check_rabbitmq,
@@ -21,6 +25,29 @@ from .support import (
 )
 
 SHARED_NAMESPACE = "it"
+PREBUILD = pytest.StashKey[subprocess.Popen[bytes]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run that includes tests/compat starts building the compat venvs at once (tests/compat/prebuild.py)."""
+    if hasattr(config, "workerinput") or os.environ.get("EXO_COMPAT_INNER"):
+        return  # an xdist worker, or the compat interpreter itself
+    args = [str(Path(a.split("::")[0]).resolve()) for a in config.args] or [str(ROOT / "tests")]
+    compat = ROOT / "tests" / "compat"
+    if not any(compat.is_relative_to(a) or Path(a).is_relative_to(compat) for a in args):
+        return
+    with (ROOT / ".venv-compat-prebuild.log").open("w") as log:
+        config.stash[PREBUILD] = subprocess.Popen(
+            [sys.executable, "-m", "tests.compat.prebuild"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A build still running when the run ends (it did not reach the compat tests) is stopped."""
+    prebuild = config.stash.get(PREBUILD, None)
+    if prebuild is not None and prebuild.poll() is None:
+        prebuild.terminate()
+        prebuild.wait(timeout=30)
 
 
 def _drop_queues(prefix: str) -> None:

@@ -4,7 +4,8 @@ The state's compare-and-set (`moves.COMPLETE`), its store writes, the states it
 creates, its barriers (`barriers.Barriers`) and the run's counters commit
 together, or nothing does: a duplicate delivery or a lost lease changes nothing.
 On PostgreSQL the shapes that are one statement (a leaf inside one open scope, a
-leaf outside every region, a requeue) take no transaction.
+leaf outside every region, a requeue, a state outside every region creating a few
+states: a hop) take no transaction.
 """
 
 from __future__ import annotations

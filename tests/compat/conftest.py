@@ -1,8 +1,9 @@
 """The compatibility suite's second interpreter: Python 3.12 with the real exospherehost SDK.
 
 `sdk_python` builds (once, then reuses) a venv at `<repo>/.venv-compat-3.12` holding this project
-(editable, with its test extra) and `exospherehost==0.0.3`, and returns its interpreter. Tests that
-need the SDK live in `tests/compat/sdk/` and run in that interpreter as a subprocess (see
+(editable, with its `compat` extra: pytest and its plugins only) and `exospherehost==0.0.3`, and
+returns its interpreter (`prebuild.py` starts the build when the run starts). Tests that need the
+SDK live in `tests/compat/sdk/` and run in that interpreter as a subprocess (see
 test_sdk_suite.py); this interpreter never collects them. Locally a missing Python 3.12 or a failed
 install skips; under CI=true it fails.
 
@@ -96,7 +97,7 @@ def build_venv(python: str) -> Path:
                 raise RuntimeError(f"python -m venv failed:\n{done.stdout}{done.stderr}")
         # The SDK requires Python >= 3.12; --ignore-requires-python also lets 3.11 be tried by hand.
         argv = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        argv += ["--ignore-requires-python", "-e", f"{ROOT}[test]", SDK_REQUIREMENT]
+        argv += ["--ignore-requires-python", "-e", f"{ROOT}[compat]", SDK_REQUIREMENT]
         done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0:
             raise RuntimeError(f"pip install into {venv} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
