@@ -30,7 +30,7 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
+@dataclass(slots=True)
 class Source:
     """The facts of an existing state that its children and barrier states inherit."""
 
@@ -43,7 +43,7 @@ class Source:
     execution_id: str  # the state that executed (differs from `id` for fan-out outputs 1..n)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NewState:
     """A state row to insert."""
 

@@ -65,7 +65,7 @@ def state_row(found: Mapping[Any, Any]) -> StateRow:
     return cast(StateRow, dict(found))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """A state to publish to Celery (ids only; the rest is for routing and display)."""
 
