@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ExoError, WaitTimeout
+from ..errors import ExoError
 from ..loading import load_nodes, split_specs
 from .output import (
     console,
@@ -399,24 +399,16 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
     waits for a runtime (and when it no longer does)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..ledger.notify import subscribe
-    from ..status import TERMINAL_RUNS, TERMINAL_STATES, RunStatus
+    from ..status import TERMINAL_STATES
 
     terminal = {s.value for s in TERMINAL_STATES}
-    deadline = None if timeout is None else time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with (
-        Progress(*columns, console=err_console, disable=not show, transient=False) as progress,
-        subscribe(manager.settings.ledger_url, run_id) as ended,
-    ):
+    with Progress(*columns, console=err_console, disable=not show, transient=False) as progress:
         task = progress.add_task("states finished", total=1, completed=0)
         shown: list[str] = []
-        # Only the bar needs the run's counts while it goes on; without it, the ledger is read on
-        # notification or every 2 s (the fallback for a lost notification).
-        pause = 0.5 if show else 2.0
-        while True:
-            ended.clear()
-            run = manager.get_run_sync(run_id)
+
+        def show_run(run: dict[str, Any]) -> None:
+            nonlocal shown
             counts: dict[str, int] = run["counts"]
             done = sum(n for status, n in counts.items() if status in terminal)
             progress.update(task, completed=done, total=max(1, sum(counts.values())), description=f"{run['status']:<9}")
@@ -425,12 +417,10 @@ def _wait_with_progress(manager: StateManager, run_id: str, timeout: float | Non
                 for line in waiting or ["every waiting node has a live runtime now"]:
                     progress.console.print(f"[yellow]{escape(line)}[/yellow]")
                 shown = waiting
-            if RunStatus(run["status"]) in TERMINAL_RUNS:
-                return run
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WaitTimeout(f"run {run_id} is still {run['status']} after {timeout} s")
-            ended.wait_sync(pause if left is None else min(pause, left))
+
+        # Only the bar needs the run's counts while it goes on; without it, the ledger is read on
+        # notification or every 2 s (the fallback for a lost notification).
+        return manager.wait_sync(run_id, timeout, poll_interval=0.5 if show else None, on_read=show_run)
 
 
 @app.command()

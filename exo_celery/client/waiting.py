@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import WaitTimeout
@@ -48,9 +49,14 @@ class Waiting(Reading):
             sub.close()
 
     def wait_sync(
-        self, run_id: str, timeout: float | None = None, *, poll_interval: float | None = None
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        *,
+        poll_interval: float | None = None,
+        on_read: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Blocking form of `wait` (no event loop needed)."""
+        """Blocking form of `wait` (no event loop needed); `on_read` sees the run after each read (a progress bar)."""
         check_id("run", run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = FALLBACK_POLL if poll_interval is None else poll_interval
@@ -58,6 +64,8 @@ class Waiting(Reading):
             while True:
                 sub.clear()
                 run = self.get_run_sync(run_id)
+                if on_read is not None:
+                    on_read(run)
                 if RunStatus(run["status"]) in TERMINAL_RUNS:
                     return run
                 left = None if deadline is None else deadline - time.monotonic()
