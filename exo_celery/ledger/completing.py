@@ -97,12 +97,7 @@ class Completions:
                 conn, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
             )
         created = [] if moved.status == RunStatus.CANCELLED.value else plan.created
-        dispatches = [
-            Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, plan.created_due)
-            for s in created
-            if s.status == StateStatus.QUEUED
-        ]
-        return Completion(plan.status.value, dispatches, [(s.id, s.identifier, s.status.value) for s in created])
+        return Completion(plan.status.value, _dispatches(row, created, plan.created_due), _listed(created))
 
     def _apply(
         self, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any], now: float
@@ -128,14 +123,22 @@ class Completions:
             fired = self.barriers.apply(conn, graph, row, plan, finish)
             created, fired_states = _move_run(conn, row, plan, fired, finish, now)
             finish.flush(conn)
-            for batch, due in ((created, plan.created_due), (fired_states, now)):
-                dispatches.extend(
-                    Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
-                    for s in batch
-                    if s.status == StateStatus.QUEUED
-                )
-        new_states = [(s.id, s.identifier, s.status.value) for s in (*created, *fired_states, *fired.errors)]
-        return Completion(plan.status.value, dispatches, new_states)
+            dispatches += _dispatches(row, created, plan.created_due) + _dispatches(row, fired_states, now)
+        return Completion(plan.status.value, dispatches, _listed([*created, *fired_states, *fired.errors]))
+
+
+def _dispatches(row: StateRow, new: list[NewState], due: float) -> list[Dispatch]:
+    """The messages to send for the QUEUED ones of `row`'s new states, due at `due`."""
+    return [
+        Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
+        for s in new
+        if s.status == StateStatus.QUEUED
+    ]
+
+
+def _listed(new: list[NewState]) -> list[tuple[str, str, str]]:
+    """New states as the worker logs them: (id, identifier, status)."""
+    return [(s.id, s.identifier, s.status.value) for s in new]
 
 
 def _rows_inserted(plan: OutcomePlan) -> int:
