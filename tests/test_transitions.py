@@ -15,6 +15,7 @@ from exo_celery import GraphNodeModel, StateManager, UnitesModel
 from exo_celery.engine import CompiledGraph, new_id
 from exo_celery.ledger.db import get_engine
 from exo_celery.ledger.repo import Repo
+from exo_celery.ledger.rows import INSERT_CHUNK
 from exo_celery.ledger.tables import runs, scopes, states
 from exo_celery.ledger.transitions import Outcome, Transitions
 from exo_celery.node import node_schema
@@ -148,3 +149,31 @@ def test_a_completion_creating_states_outside_regions_is_all_or_nothing(stack: S
     assert sorted(s["inputs"]["item"] for s in listed if s["identifier"] == "up") == ["a", "b", "c"]
     with get_engine(url).connect() as conn:
         assert conn.execute(select(runs.c.outstanding).where(runs.c.id == run_id)).scalar_one() == 3
+
+
+def test_a_fan_out_wider_than_an_insert_chunk_stores_every_branch_in_order(stack: Stack) -> None:
+    """Rows go in INSERT_CHUNK at a time (PostgreSQL: one JSON parameter per chunk); none is lost or mixed up."""
+    url = stack.settings().ledger_url
+    m, graph, run_id = fan_out_and_unite_run(stack, "wide")
+    t = Transitions(url, lease_seconds=30, max_countdown=300, worker=True)
+    width = INSERT_CHUNK + 3
+    (root,) = m.repo.list_states(run_id)
+    token = new_id()
+    verdict, row = t.claim(root["id"], token)
+    assert verdict == "claimed" and row is not None
+    items = [f"i{n}\u00e9\"'" for n in range(width)]  # quotes and non-ASCII survive the JSON round trip
+    done = t.complete(graph, row, token, Outcome("success", outputs=[{"item": i} for i in items]))
+    assert done.status == "SUCCESS" and len(done.dispatches) == width
+    with get_engine(url).connect() as conn:
+        listed = conn.execute(
+            select(states.c.identifier, states.c.status, states.c.branch, states.c.inputs, states.c.outputs)
+            .where(states.c.run_id == run_id)
+            .order_by(states.c.identifier, states.c.branch)
+        ).all()
+        assert conn.execute(select(scopes.c.outstanding).where(scopes.c.run_id == run_id)).scalar_one() == width
+    fans = [r for r in listed if r.identifier == "split"]
+    ups = [r for r in listed if r.identifier == "up"]
+    assert [r.outputs["item"] for r in fans] == items and {r.status for r in fans} == {"SUCCESS"}
+    assert [r.inputs["item"] for r in ups] == items and {r.status for r in ups} == {"QUEUED"}
+    up_ids = {s["id"] for s in m.repo.list_states(run_id) if s["identifier"] == "up"}
+    assert {d.state_id for d in done.dispatches} == up_ids

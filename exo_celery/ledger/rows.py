@@ -9,7 +9,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from ..engine import NewState
-from .statements import INSERT_STATES, upsert_store
+from .statements import INSERT_STATES, INSERT_STATES_FROM_JSON, upsert_store
 from .tables import store
 
 
@@ -52,8 +52,13 @@ INSERT_CHUNK = 1000  # rows per INSERT: a wide fan-out's rows are built a chunk 
 
 def insert_states(conn: Connection, new: list[NewState], row: Mapping[str, Any], now: float, due_at: float) -> None:
     """Insert planned states of `row`'s run, due at `due_at` (INSERT_CHUNK rows per statement)."""
+    postgres = conn.dialect.name == "postgresql"
     for start in range(0, len(new), INSERT_CHUNK):
-        conn.execute(INSERT_STATES, [state_values(s, row, now, due_at) for s in new[start : start + INSERT_CHUNK]])
+        chunk = [state_values(s, row, now, due_at) for s in new[start : start + INSERT_CHUNK]]
+        if postgres:
+            conn.execute(INSERT_STATES_FROM_JSON, {"p_rows": chunk})
+        else:
+            conn.execute(INSERT_STATES, chunk)
 
 
 def insert_unique(
