@@ -251,17 +251,16 @@ def pgbouncer_url(url: str) -> tuple[str, bool]:
 
 def _postgres_options(worker: bool, pgbouncer: bool = False) -> dict[str, Any]:
     if pgbouncer:
-        # No session options and no prepared statements: each statement is planned for its values anyway
-        # (what plan_cache_mode=force_custom_plan asks for below); see pgbouncer_url.
+        # No session options and no prepared statements (each statement is planned for its values); see
+        # pgbouncer_url.
         connect_args = _connect_args(prepare_threshold=None)
         return {"pool_pre_ping": not worker, **_pool_options(worker), "connect_args": connect_args}
-    # psycopg prepares a statement after its fifth run, and PostgreSQL may then switch it to a generic
-    # plan chosen from the table statistics of that moment: a plan made while a run was small kept
-    # scanning it as it grew (a branch's completion went from 0.4 to 1.2 ms at width 5,000). Custom
-    # plans cost a little planning per statement and follow the data.
-    # (The client's statements, a trigger's INSERT above all, touch one row by key: they keep them.)
+    # psycopg prepares a statement after its fifth run, and PostgreSQL may then keep a generic plan.
+    # Every hot statement finds its rows by key (a state by id, a run or scope by id), so a generic plan
+    # chosen while the ledger was small stays right as it grows, and saves the planning: half the
+    # server's time of a fan-out branch (BENCHMARKS.md, "Generic plans").
     if worker:
-        options = "-c synchronous_commit=off -c plan_cache_mode=force_custom_plan"
+        options = "-c synchronous_commit=off"
         return {**_pool_options(True), "connect_args": _connect_args(options=options)}
     return {"pool_pre_ping": True, **_pool_options(False), "connect_args": _connect_args()}
 
