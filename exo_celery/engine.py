@@ -240,12 +240,16 @@ def plan_success(
             )
 
     child_ids = topo.direct_children(state.identifier)
+    # Children of one execution mostly belong to the same scopes: they share one dict of them (a fan-out
+    # of 100,000 under a unite would otherwise hold 100,000 equal dicts until its rows are written).
+    shared_scopes: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for src, out in zip(sources, outputs, strict=True):
         lineage = {**src.parents, state.identifier: src.id}
         known = {**outputs_of, src.id: out}
         for child in child_ids:
             spec = topo.nodes[child]
             resolve = make_resolver(child, lineage, known, store)
+            scopes = inherited_scopes(topo, child, src)
             plan.children.append(
                 NewState(
                     new_id(),
@@ -254,7 +258,7 @@ def plan_success(
                     namespace_of(child),
                     render_inputs(spec.inputs, resolve, rules, child),
                     lineage,
-                    inherited_scopes(topo, child, src),
+                    shared_scopes.setdefault(tuple(scopes.items()), scopes),
                     src.branch,
                 )
             )
