@@ -151,3 +151,33 @@ def test_redis_killed_and_restarted_mid_run(fstack: Stack, private_redis: Privat
 
     scan = scan_secrets(fstack, run_ids=run_ids, namespace=ns, redis_client=private_redis.client())
     assert not scan.found, f"the secret leaked into {scan.found}"
+
+
+def test_redis_flushed_mid_run(fstack: Stack, private_redis: PrivateRedis) -> None:
+    """FLUSHALL while the broker stays up (an operator's mistake, a failover to an empty replica): the queues,
+    the unacked messages and their index are gone, the connections are not. Nothing reconnects, so only the
+    beat's sweep brings the lost states back; every run ends SUCCESS with every effect once in the ledger."""
+    ns = uid("flush")
+    ledger = Ledger(fstack.database_url or "")
+    upsert(fstack, ns, "fan", fan_graph(WIDTH, "${{ store.path }}", ms=10), store_config={"required_keys": ["path"]})
+    m = fstack.manager(ns)
+    workers = start_workers(fstack, ns, 2)
+    beat = fstack.start_beat()
+    run_id = run(m.trigger("fan", store={"path": str(fstack.home / "effects-flush")}))["run_id"]
+
+    def work_done() -> int:
+        sql = "SELECT count(*) FROM exo_states WHERE run_id = %s AND identifier = 'work' AND status = 'SUCCESS'"
+        return int(ledger.value(sql, (run_id,)))
+
+    wait_until(lambda: work_done() >= 20, 60, "20 branches done")
+    client = private_redis.client()
+    held = sum(int(client.llen(q)) for q in client.keys(f"{fstack.extra['EXO_QUEUE_PREFIX']}.{ns}.*"))
+    client.flushall()
+    assert held > 0, "the broker held queued messages when it was flushed"
+
+    statuses = ledger.wait_runs([run_id], timeout=120)
+    assert statuses == {run_id: "SUCCESS"}, statuses
+    check = check_fan_run(ledger, run_id, WIDTH)
+    assert check.ok, check
+    assert beat_resent([beat])[1] > 0, "the beat's sweep re-sent the flushed states"
+    assert all(w.popen.poll() is None for w in workers), "a worker died when its broker was flushed"
