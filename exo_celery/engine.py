@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -73,12 +73,74 @@ class ScopeOpen:
     opener_id: str
 
 
+Shape = tuple[str, tuple[tuple[str, str], ...]]  # a new state's identifier and its scopes, for counting
+
+BUILT_AT_ONCE = 1000  # a plan creating more states than this builds them a chunk at a time, when written
+
+
+class Planned:
+    """The states a plan creates. Up to BUILT_AT_ONCE they are a list; beyond, they are built a chunk at a
+    time while the ledger writes them, once (a fan-out of 100,000 is never held whole). Either way the
+    counters read their shapes, counted when the plan was made."""
+
+    def __init__(
+        self,
+        count: int,
+        shapes: Counter[Shape],
+        build: Callable[[int], Iterator[list[NewState]]] | None,
+        built: list[NewState] | None = None,
+    ) -> None:
+        self.count = count
+        self.shapes = shapes
+        self._build = build
+        self._states = built
+        if built is None and count <= BUILT_AT_ONCE and build is not None:
+            self._states = [s for chunk in build(BUILT_AT_ONCE) for s in chunk]
+
+    @classmethod
+    def of(cls, states: list[NewState]) -> Planned:
+        """Planned states already built."""
+        return cls(len(states), Counter((s.identifier, tuple(s.scopes.items())) for s in states), None, states)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __iter__(self) -> Iterator[NewState]:
+        for chunk in self.chunks(BUILT_AT_ONCE):
+            yield from chunk
+
+    def __getitem__(self, index: int) -> NewState:
+        assert self._states is not None, "states built while written are read in order, once"
+        return self._states[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, Planned)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def chunks(self, size: int) -> Iterator[list[NewState]]:
+        """The states, `size` at a time; states built while written can be read only once."""
+        if self._states is not None:
+            states = self._states
+            return iter([states[i : i + size] for i in range(0, len(states), size)])
+        assert self._build is not None, "states built while written are read once"
+        build, self._build = self._build, None
+        return build(size)
+
+    def count_where(self, test: Callable[[str, dict[str, str]], bool]) -> int:
+        """How many of the states pass `test(identifier, scopes)`."""
+        return sum(n for (identifier, scopes), n in self.shapes.items() if test(identifier, dict(scopes)))
+
+
 @dataclass
 class SuccessPlan:
     """Everything a successful execution changes besides its own row."""
 
-    output_states: list[NewState] = field(default_factory=list)  # fan-out outputs 1..n-1
-    children: list[NewState] = field(default_factory=list)
+    output_states: Planned = field(default_factory=lambda: Planned.of([]))  # fan-out outputs 1..n-1
+    children: Planned = field(default_factory=lambda: Planned.of([]))
     opens: list[ScopeOpen] = field(default_factory=list)
 
 
@@ -199,6 +261,103 @@ def lineage_refs(topo: Topology, identifiers: list[str]) -> tuple[set[str], bool
     return needed, reads_store
 
 
+class _Outputs:
+    """The outputs of one execution, as the states they become and the children each one gets."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        namespace_of: Callable[[str], str],
+        state: Source,
+        outputs: list[dict[str, Any]],
+        outputs_of: dict[str, dict[str, Any]],
+        store: dict[str, str],
+        rules: InputRules,
+        state_inputs: dict[str, str],
+    ) -> None:
+        self.topo, self.namespace_of, self.state, self.outputs = topo, namespace_of, state, outputs
+        self.outputs_of, self.store, self.rules, self.state_inputs = outputs_of, store, rules, state_inputs
+        self.ids = [state.id, *(new_id() for _ in range(len(outputs) - 1))]
+        self.child_ids = topo.direct_children(state.identifier)
+        # Children of one execution mostly belong to the same scopes: they share one dict of them (a
+        # fan-out of 100,000 under a unite would otherwise hold 100,000 equal dicts).
+        self.shared_scopes: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+    def source(self, index: int) -> Source:
+        s = self.state
+        branch = s.branch + (f"{index:06d}." if len(self.outputs) > 1 else "")
+        return Source(self.ids[index], s.run_id, s.identifier, s.parents, s.scopes, branch, s.id)
+
+    def children(self, index: int, new_ids: bool = True) -> Iterator[NewState]:
+        """The children of output `index` (without ids unless `new_ids`); PlanError if the inputs of one
+        cannot be resolved."""
+        src = self.source(index)
+        lineage = {**src.parents, self.state.identifier: src.id}
+        known = {**self.outputs_of, src.id: self.outputs[index]}
+        for child in self.child_ids:
+            spec = self.topo.nodes[child]
+            scopes = inherited_scopes(self.topo, child, src)
+            yield NewState(
+                new_id() if new_ids else "",
+                child,
+                spec.node_name,
+                self.namespace_of(child),
+                render_inputs(spec.inputs, make_resolver(child, lineage, known, self.store), self.rules, child),
+                lineage,
+                self.shared_scopes.setdefault(tuple(scopes.items()), scopes),
+                src.branch,
+            )
+
+    def build_children(self, size: int) -> Iterator[list[NewState]]:
+        chunk: list[NewState] = []
+        for index in range(len(self.outputs)):
+            chunk.extend(self.children(index))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def build_output_states(self, size: int) -> Iterator[list[NewState]]:
+        """Outputs 1..n-1 as states, already SUCCESS (output 0 is the state that executed)."""
+        s, spec = self.state, self.topo.nodes[self.state.identifier]
+        namespace = self.namespace_of(s.identifier)
+        for start in range(1, len(self.outputs), size):
+            yield [
+                NewState(
+                    self.ids[i],
+                    s.identifier,
+                    spec.node_name,
+                    namespace,
+                    self.state_inputs,
+                    s.parents,
+                    s.scopes,
+                    self.source(i).branch,
+                    StateStatus.SUCCESS,
+                    self.outputs[i],
+                    s.id,
+                )
+                for i in range(start, min(start + size, len(self.outputs)))
+            ]
+
+    def opens(self, shapes: Counter[Shape]) -> list[ScopeOpen]:
+        """The scopes this execution opens, each with the number of children it holds."""
+        s = self.state
+        execution = Source(s.id, s.run_id, s.identifier, s.parents, s.scopes, s.branch, s.id)
+        opens = []
+        for barrier in self.topo.opened_by(s.identifier):
+            counts: Counter[str | None] = Counter()
+            for (identifier, scopes), n in shapes.items():
+                if identifier in barrier.region:
+                    counts[dict(scopes).get(barrier.node)] += n
+            # A unite opens its scope even when the execution returned no outputs: it fires at once.
+            openers = [self.source(i) for i in range(len(self.outputs))] if barrier.per_output else [execution]
+            for src in openers:
+                sid = scope_id(barrier, src)
+                opens.append(ScopeOpen(sid, barrier.node, counts[sid], src.id))
+        return opens
+
+
 def plan_success(
     topo: Topology,
     namespace_of: Callable[[str], str],
@@ -207,72 +366,33 @@ def plan_success(
     outputs_of: dict[str, dict[str, Any]],
     store: dict[str, str],
     rules: InputRules = DEFAULT_RULES,
+    state_inputs: dict[str, str] | None = None,
 ) -> SuccessPlan:
     """Output states, children and opened scopes after `state` executed with `outputs`.
 
-    `outputs_of` holds the outputs of the ancestors the children read (by state id);
-    raises PlanError when a child's inputs cannot be resolved.
+    `outputs_of` holds the outputs of the ancestors the children read (by state id), `state_inputs` the
+    inputs the output states share with `state`; raises PlanError when a child's inputs cannot be
+    resolved. Every child is resolved here, so nothing is written for a plan that fails; a wide plan's
+    states are then built again, a chunk at a time, as they are written (`Planned`).
     """
-    plan = SuccessPlan()
-    multi = len(outputs) > 1
-    sources: list[Source] = []
-    for index, out in enumerate(outputs):
-        out_id = state.id if index == 0 else new_id()
-        branch = state.branch + (f"{index:06d}." if multi else "")
-        src = Source(out_id, state.run_id, state.identifier, state.parents, state.scopes, branch, state.id)
-        sources.append(src)
-        if index > 0:
-            spec = topo.nodes[state.identifier]
-            plan.output_states.append(
-                NewState(
-                    out_id,
-                    state.identifier,
-                    spec.node_name,
-                    namespace_of(state.identifier),
-                    {},
-                    state.parents,
-                    state.scopes,
-                    branch,
-                    StateStatus.SUCCESS,
-                    out,
-                    state.id,
-                )
-            )
-
-    child_ids = topo.direct_children(state.identifier)
-    # Children of one execution mostly belong to the same scopes: they share one dict of them (a fan-out
-    # of 100,000 under a unite would otherwise hold 100,000 equal dicts until its rows are written).
-    shared_scopes: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-    for src, out in zip(sources, outputs, strict=True):
-        lineage = {**src.parents, state.identifier: src.id}
-        known = {**outputs_of, src.id: out}
-        for child in child_ids:
-            spec = topo.nodes[child]
-            resolve = make_resolver(child, lineage, known, store)
-            scopes = inherited_scopes(topo, child, src)
-            plan.children.append(
-                NewState(
-                    new_id(),
-                    child,
-                    spec.node_name,
-                    namespace_of(child),
-                    render_inputs(spec.inputs, resolve, rules, child),
-                    lineage,
-                    shared_scopes.setdefault(tuple(scopes.items()), scopes),
-                    src.branch,
-                )
-            )
-
-    execution = Source(state.id, state.run_id, state.identifier, state.parents, state.scopes, state.branch, state.id)
-    for barrier in topo.opened_by(state.identifier):
-        # One pass over the children per barrier (a join opens one scope per output: no rescans).
-        counts = Counter(c.scopes.get(barrier.node) for c in plan.children if c.identifier in barrier.region)
-        # A unite opens its scope even when the execution returned no outputs: it fires at once.
-        openers = sources if barrier.per_output else [execution]
-        for src in openers:
-            sid = scope_id(barrier, src)
-            plan.opens.append(ScopeOpen(sid, barrier.node, counts[sid], src.id))
-    return plan
+    fanned = _Outputs(topo, namespace_of, state, outputs, outputs_of, store, rules, state_inputs or {})
+    shapes: Counter[Shape] = Counter()
+    kept: list[NewState] | None = []  # the children, until there are too many to hold
+    for index in range(len(outputs)):
+        for child in fanned.children(index, new_ids=kept is not None):
+            shapes[(child.identifier, tuple(child.scopes.items()))] += 1
+            if kept is not None:
+                kept.append(child)
+        if kept is not None and len(kept) > BUILT_AT_ONCE:
+            kept = None
+    output_shapes: Counter[Shape] = Counter()
+    if len(outputs) > 1:
+        output_shapes[(state.identifier, tuple(state.scopes.items()))] = len(outputs) - 1
+    return SuccessPlan(
+        Planned(max(0, len(outputs) - 1), output_shapes, fanned.build_output_states),
+        Planned(shapes.total(), shapes, fanned.build_children, kept),
+        fanned.opens(shapes),
+    )
 
 
 def barrier_fires(barrier: Barrier, failed: int, pruned: int) -> bool:

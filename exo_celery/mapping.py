@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .errors import PlaceholderError
@@ -79,12 +80,19 @@ def parse_refs(value: Any) -> list[Ref]:
     return refs
 
 
+@lru_cache(maxsize=4096)
+def _problems(text: str) -> str | None:
+    """Why a template text does not parse, or None. Cached: every state of a node renders the same texts."""
+    return "; ".join(scan_refs(text)[1]) or None
+
+
 def render(value: Any, resolve: Callable[[Ref], str]) -> str:
     """`value` with each placeholder replaced by `resolve(ref)`; the text around is kept."""
     text = as_text(value)
     if "${{" not in text:
         return text
-    parse_refs(text)  # raise on malformed input before substituting anything
+    if (problem := _problems(text)) is not None:  # raise on malformed input before substituting anything
+        raise PlaceholderError(problem)
 
     def substitute(match: re.Match[str]) -> str:
         body = match.group(1).strip()

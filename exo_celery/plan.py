@@ -22,6 +22,7 @@ from .engine import (
     CompiledGraph,
     InputRules,
     NewState,
+    Planned,
     ScopeOpen,
     Source,
     lineage_refs,
@@ -109,8 +110,8 @@ class OutcomePlan:
     status: StateStatus
     values: dict[str, Any]  # the state's columns to set in its compare-and-set
     created_due: float  # when `created` are due
-    created: list[NewState] = field(default_factory=list)  # states that will run (counted in scopes and the run)
-    finished: list[NewState] = field(default_factory=list)  # fan-out outputs 1..n-1, inserted already SUCCESS
+    created: Planned = field(default_factory=lambda: Planned.of([]))  # states that will run (counted in scopes, run)
+    finished: Planned = field(default_factory=lambda: Planned.of([]))  # fan-out outputs 1..n-1, inserted SUCCESS
     opens: list[ScopeOpen] = field(default_factory=list)
     store_writes: dict[str, str] = field(default_factory=dict)  # committed with a success
     requeue: Dispatch | None = None  # a requeued state due soon, sent again with a countdown
@@ -163,7 +164,7 @@ def plan_outcome(
         return OutcomePlan(S.ERRORED, values, now, failed=1)
     values["status"] = S.RETRY_CREATED.value
     retry = retry_state(row, status_for_due(retry_at, now, max_countdown))
-    return OutcomePlan(S.RETRY_CREATED, values, retry_at, created=[retry])
+    return OutcomePlan(S.RETRY_CREATED, values, retry_at, created=Planned.of([retry]))
 
 
 def _plan_success(
@@ -180,14 +181,19 @@ def _plan_success(
     try:
         store_now = {**reads.store, **writes}
         planned = plan_success(
-            graph.topology, graph.namespace_of, source_of(row), outcome.outputs, reads.outputs, store_now, rules
+            graph.topology,
+            graph.namespace_of,
+            source_of(row),
+            outcome.outputs,
+            reads.outputs,
+            store_now,
+            rules,
+            state_inputs=row["inputs"],
         )
     except PlanError as exc:
         values.update(status=S.NEXT_CREATED_ERROR.value, error=text(str(exc)))
         return OutcomePlan(S.NEXT_CREATED_ERROR, values, now, store_writes=writes, failed=1)
     values["status"] = S.SUCCESS.value
-    for output_state in planned.output_states:
-        output_state.inputs = row["inputs"]
     return OutcomePlan(
         S.SUCCESS,
         values,
@@ -210,18 +216,19 @@ class ScopeMove:
     pruned: int
 
 
-def _in_scope(barrier: Barrier, scope: str) -> Callable[[NewState], bool]:
-    return lambda s: s.identifier in barrier.region and s.scopes.get(barrier.node) == scope
+def _in_scope(barrier: Barrier, scope: str) -> Callable[[str, dict[str, str]], bool]:
+    return lambda identifier, scopes: identifier in barrier.region and scopes.get(barrier.node) == scope
 
 
 def scope_move(
-    plan: OutcomePlan, barrier: Barrier, scope: str, born: Iterable[NewState], fired_errors: Iterable[NewState]
+    plan: OutcomePlan, barrier: Barrier, scope: str, fired: Iterable[NewState], fired_errors: Iterable[NewState]
 ) -> ScopeMove | None:
-    """The move of the state's `scope` of `barrier`: +1 per new state of the scope (`born`: created by the
-    plan or fired so far), -1 for the state leaving it; None when nothing changes."""
+    """The move of the state's `scope` of `barrier`: +1 per new state of the scope (created by the plan, or
+    `fired` so far), -1 for the state leaving it; None when nothing changes."""
     inside = _in_scope(barrier, scope)
-    delta = sum(1 for s in born if inside(s)) - (1 if plan.leaving else 0)
-    failed = plan.failed + sum(1 for s in fired_errors if inside(s))
+    born = plan.created.count_where(inside) + sum(1 for s in fired if inside(s.identifier, s.scopes))
+    delta = born - (1 if plan.leaving else 0)
+    failed = plan.failed + sum(1 for s in fired_errors if inside(s.identifier, s.scopes))
     if delta == 0 and not failed and not plan.pruned:
         return None
     return ScopeMove(scope, delta, failed, plan.pruned)
@@ -237,7 +244,8 @@ def run_move(
 ) -> tuple[int, int]:
     """(delta, failed) of the run's counters. The run counts its states outside every barrier's region,
     plus one per open scope: a state inside a region moves only its scopes, never the run's hot row."""
-    delta = sum(1 for s in (*plan.created, *fired) if not s.scopes) + open_scopes
+    created_outside = plan.created.count_where(lambda _, scopes: not scopes)
+    delta = created_outside + sum(1 for s in fired if not s.scopes) + open_scopes
     if plan.leaving and not in_scopes:
         delta -= 1
     return delta, plan.failed + len(fired_errors)

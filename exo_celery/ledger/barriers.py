@@ -45,9 +45,7 @@ class Barriers:
         self.access = access
         self.max_input_bytes = max_input_bytes
 
-    def apply(
-        self, conn: Connection, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, finish: Finish
-    ) -> Fired:
+    def apply(self, conn: Connection, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, finish: Finish) -> Fired:
         """Open the scopes `plan` opens and move the ones `row` is in, barrier by barrier in order."""
         topo = graph.topology
         ident = row["identifier"]
@@ -91,7 +89,7 @@ class Barriers:
         fired: Fired,
     ) -> None:
         sid = row["scopes"][barrier.node]
-        move = scope_move(plan, barrier, sid, (*plan.created, *fired.states), fired.errors)
+        move = scope_move(plan, barrier, sid, fired.states, fired.errors)
         if move is None:
             return
         params = {"p_scope": sid, "p_delta": move.delta, "p_failed": move.failed, "p_pruned": move.pruned}

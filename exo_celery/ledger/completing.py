@@ -10,11 +10,12 @@ states: a hop) take no transaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, update
 
-from ..engine import CompiledGraph, NewState
+from ..engine import CompiledGraph
 from ..outcomes import Completion, Dispatch, Outcome, StateRow
 from ..plan import OutcomePlan, Reads, plan_outcome, reads_needed, run_move
 from ..status import RunStatus, StateStatus
@@ -23,7 +24,7 @@ from .barriers import Barriers, Fired
 from .finish import Finish, NotOurs
 from .moves import CANCEL_WAITING
 from .repo import outputs_of
-from .rows import insert_states, read_store, state_values, write_store
+from .rows import Written, insert_states, read_store, state_values, write_store
 from .store_writes import record_store_writes
 from .tables import states
 
@@ -96,7 +97,7 @@ class Completions:
             moved = Finish(compare_and_set).creating(
                 conn, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
             )
-        created = [] if moved.status == RunStatus.CANCELLED.value else plan.created
+        created = [] if moved.status == RunStatus.CANCELLED.value else [Written.of(s) for s in plan.created]
         return Completion(plan.status.value, _dispatches(row, created, plan.created_due), _listed(created))
 
     def _apply(
@@ -119,15 +120,16 @@ class Completions:
                 write_store(conn, row["run_id"], plan.store_writes)
                 record_store_writes(conn, row["run_id"], row["id"], plan.store_writes, now)
             insert_states(conn, plan.finished, row, now, now)
-            insert_states(conn, plan.created, row, now, plan.created_due)
+            written = insert_states(conn, plan.created, row, now, plan.created_due)
             fired = self.barriers.apply(conn, graph, row, plan, finish)
-            created, fired_states = _move_run(conn, row, plan, fired, finish, now)
+            created, fired_states = _move_run(conn, row, plan, written, fired, finish, now)
             finish.flush(conn)
             dispatches += _dispatches(row, created, plan.created_due) + _dispatches(row, fired_states, now)
-        return Completion(plan.status.value, dispatches, _listed([*created, *fired_states, *fired.errors]))
+        errors = [Written.of(s) for s in fired.errors]
+        return Completion(plan.status.value, dispatches, _listed([*created, *fired_states, *errors]))
 
 
-def _dispatches(row: StateRow, new: list[NewState], due: float) -> list[Dispatch]:
+def _dispatches(row: StateRow, new: Iterable[Written], due: float) -> list[Dispatch]:
     """The messages to send for the QUEUED ones of `row`'s new states, due at `due`."""
     return [
         Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
@@ -136,7 +138,7 @@ def _dispatches(row: StateRow, new: list[NewState], due: float) -> list[Dispatch
     ]
 
 
-def _listed(new: list[NewState]) -> list[tuple[str, str, str]]:
+def _listed(new: Iterable[Written]) -> list[tuple[str, str, str]]:
     """New states as the worker logs them: (id, identifier, status)."""
     return [(s.id, s.identifier, s.status.value) for s in new]
 
@@ -146,10 +148,10 @@ def _rows_inserted(plan: OutcomePlan) -> int:
 
 
 def _move_run(
-    conn: Connection, row: StateRow, plan: OutcomePlan, fired: Fired, finish: Finish, now: float
-) -> tuple[list[NewState], list[NewState]]:
+    conn: Connection, row: StateRow, plan: OutcomePlan, created: list[Written], fired: Fired, finish: Finish, now: float
+) -> tuple[list[Written], list[Written]]:
     """Move the run's counters; the states created and fired that stay (none if the run was cancelled)."""
-    created, fired_states = plan.created, fired.states
+    fired_states = [Written.of(s) for s in fired.states]
     delta, failed = run_move(plan, bool(row["scopes"]), fired.states, fired.errors, fired.open_scopes)
     if not (delta or failed or created or fired_states):
         return created, fired_states

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
-from ..engine import NewState
+from ..engine import NewState, Planned
+from ..status import StateStatus
 from .statements import INSERT_STATES, INSERT_STATES_FROM_JSON, upsert_store
 from .tables import store
 
@@ -47,18 +49,42 @@ def state_values(s: NewState, run: Mapping[str, Any], now: float, due_at: float)
     }
 
 
-INSERT_CHUNK = 1000  # rows per INSERT: a wide fan-out's rows are built a chunk at a time, not all at once
+INSERT_CHUNK = 1000  # rows per INSERT: a wide fan-out's states are built and written a chunk at a time
 
 
-def insert_states(conn: Connection, new: list[NewState], row: Mapping[str, Any], now: float, due_at: float) -> None:
-    """Insert planned states of `row`'s run, due at `due_at` (INSERT_CHUNK rows per statement)."""
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What is kept of a new state once its row is written: enough to publish and log it."""
+
+    id: str
+    identifier: str
+    node_name: str
+    namespace: str
+    status: StateStatus
+
+    @classmethod
+    def of(cls, s: NewState) -> Written:
+        return cls(s.id, s.identifier, s.node_name, s.namespace, s.status)
+
+
+def insert_states(
+    conn: Connection, new: Planned | list[NewState], row: Mapping[str, Any], now: float, due_at: float
+) -> list[Written]:
+    """Insert planned states of `row`'s run, due at `due_at`, INSERT_CHUNK rows per statement (a wide plan's
+    states are built a chunk at a time here: `Planned`)."""
     postgres = conn.dialect.name == "postgresql"
-    for start in range(0, len(new), INSERT_CHUNK):
-        chunk = [state_values(s, row, now, due_at) for s in new[start : start + INSERT_CHUNK]]
-        if postgres:
-            conn.execute(INSERT_STATES_FROM_JSON, {"p_rows": chunk})
-        else:
-            conn.execute(INSERT_STATES, chunk)
+    written: list[Written] = []
+    for chunk in _chunks(new):
+        values = [state_values(s, row, now, due_at) for s in chunk]
+        conn.execute(INSERT_STATES_FROM_JSON if postgres else INSERT_STATES, {"p_rows": values} if postgres else values)
+        written += map(Written.of, chunk)
+    return written
+
+
+def _chunks(new: Planned | list[NewState]) -> Iterator[list[NewState]]:
+    if isinstance(new, Planned):
+        return new.chunks(INSERT_CHUNK)
+    return iter([new[i : i + INSERT_CHUNK] for i in range(0, len(new), INSERT_CHUNK)])
 
 
 def insert_unique(

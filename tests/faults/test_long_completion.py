@@ -49,10 +49,11 @@ def test_a_completion_longer_than_its_lease_is_neither_resent_nor_waited_on(
     inserting = threading.Event()
     real_insert = completing.insert_states
 
-    def slow_insert(conn: Any, *args: Any) -> None:
-        real_insert(conn, *args)
+    def slow_insert(conn: Any, *args: Any) -> Any:
+        written = real_insert(conn, *args)
         inserting.set()
         time.sleep(PAUSE / 2)  # a slow insert inside the transaction, not a wait in the test
+        return written
 
     monkeypatch.setattr(completing, "insert_states", slow_insert)
     done: list[Completion] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exo_celery.engine import PlanError, Source, plan_barrier_state, plan_root, plan_success
+from exo_celery.engine import BUILT_AT_ONCE, PlanError, Source, plan_barrier_state, plan_root, plan_success
 from exo_celery.graph import GraphNodeModel, UnitesModel
 from exo_celery.status import StateStatus
 from exo_celery.topology import Topology, analyse
@@ -81,6 +81,28 @@ def test_fan_out_output_states_children_and_scope_count() -> None:
     opened = plan.opens[0]
     assert (opened.barrier, opened.outstanding, opened.opener_id) == ("u", 3, "A0")
     assert all(c.scopes == {"u": opened.id} for c in plan.children)
+
+
+def test_a_wide_fan_out_is_resolved_whole_then_built_a_chunk_at_a_time_once() -> None:
+    """Past BUILT_AT_ONCE, the states are built while written: in order, in chunks, never all at once."""
+    t = topo(*UNITE)
+    width = BUILT_AT_ONCE + 5
+    plan = plan_success(t, ns, root_source(), [{"v": str(i)} for i in range(width)], {}, {})
+    assert (len(plan.children), len(plan.output_states)) == (width, width - 1)
+    assert plan.opens[0].outstanding == width  # counted before any state is built
+    chunks = list(plan.children.chunks(400))
+    assert [len(c) for c in chunks] == [400, 400, 205]
+    children = [c for chunk in chunks for c in chunk]
+    assert [c.inputs["x"] for c in children] == [str(i) for i in range(width)]
+    assert all(c.scopes == {"u": plan.opens[0].id} for c in children)
+    outputs = [s for chunk in plan.output_states.chunks(1000) for s in chunk]
+    assert [c.parents["a"] for c in children] == ["A0", *(s.id for s in outputs)]
+    with pytest.raises(AssertionError, match="read once"):
+        plan.children.chunks(400)  # built and handed to the writer already
+
+    bad = [{"v": str(i)} for i in range(width)] + [{"other": "x"}]  # the last output lacks `v`
+    with pytest.raises(PlanError, match="produced no field 'v'"):
+        plan_success(t, ns, root_source(), bad, {}, {})  # found before anything is built for writing
 
 
 def test_branch_keys_sort_in_fan_out_order_past_ten() -> None:

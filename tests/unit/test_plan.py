@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exo_celery.engine import CompiledGraph, InputRules, NewState, Source, barrier_fires
+from exo_celery.engine import CompiledGraph, InputRules, NewState, Planned, Source, barrier_fires
 from exo_celery.graph import GraphNodeModel, GraphTemplate, RetryPolicyModel
 from exo_celery.ledger.moves import COMPLETE
 from exo_celery.outcomes import BarrierStrategy, Outcome
@@ -238,13 +238,15 @@ def new(identifier: str, scopes: dict[str, str], status: StateStatus = S.QUEUED)
 
 
 def outcome_plan(**over: Any) -> OutcomePlan:
-    return OutcomePlan(S.SUCCESS, {}, NOW, **over)
+    planned = {k: Planned.of(over.pop(k)) for k in ("created", "finished") if k in over}
+    return OutcomePlan(S.SUCCESS, {}, NOW, **planned, **over)
 
 
 def test_scope_move_counts_new_states_in_the_scope_and_the_state_leaving() -> None:
     born = [new("c", {"u": "u@A"}), new("c", {"u": "u@A"}), new("c", {"u": "u@B"}), new("x", {"u": "u@A"})]
     move = scope_move(outcome_plan(), UNITE, "u@A", born, [])
     assert move is not None and (move.scope, move.delta, move.failed, move.pruned) == ("u@A", 1, 0, 0)
+    assert scope_move(outcome_plan(created=born), UNITE, "u@A", [], []) == move  # created or fired alike
     assert scope_move(outcome_plan(), UNITE, "u@A", born[:1], []) is None  # +1 -1: nothing moves
     leaf = scope_move(outcome_plan(), UNITE, "u@A", [], [])
     assert leaf is not None and leaf.delta == -1
