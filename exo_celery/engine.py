@@ -261,24 +261,25 @@ def lineage_refs(topo: Topology, identifiers: list[str]) -> tuple[set[str], bool
     return needed, reads_store
 
 
+@dataclass(frozen=True)
+class _Planning:
+    """What planning children reads: the graph, the ancestors' outputs, the store, the input rules."""
+
+    topo: Topology
+    namespace_of: Callable[[str], str]
+    outputs_of: dict[str, dict[str, Any]]
+    store: dict[str, str]
+    rules: InputRules
+
+
 class _Outputs:
     """The outputs of one execution, as the states they become and the children each one gets."""
 
-    def __init__(
-        self,
-        topo: Topology,
-        namespace_of: Callable[[str], str],
-        state: Source,
-        outputs: list[dict[str, Any]],
-        outputs_of: dict[str, dict[str, Any]],
-        store: dict[str, str],
-        rules: InputRules,
-        state_inputs: dict[str, str],
-    ) -> None:
-        self.topo, self.namespace_of, self.state, self.outputs = topo, namespace_of, state, outputs
-        self.outputs_of, self.store, self.rules, self.state_inputs = outputs_of, store, rules, state_inputs
+    def __init__(self, planning: _Planning, state: Source, outputs: list[Any], state_inputs: dict[str, str]) -> None:
+        self.topo, self.namespace_of, self.reads = planning.topo, planning.namespace_of, planning
+        self.state, self.outputs, self.state_inputs = state, outputs, state_inputs
         self.ids = [state.id, *(new_id() for _ in range(len(outputs) - 1))]
-        self.child_ids = topo.direct_children(state.identifier)
+        self.child_ids = planning.topo.direct_children(state.identifier)
         # Children of one execution mostly belong to the same scopes: they share one dict of them (a
         # fan-out of 100,000 under a unite would otherwise hold 100,000 equal dicts).
         self.shared_scopes: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
@@ -293,7 +294,8 @@ class _Outputs:
         cannot be resolved."""
         src = self.source(index)
         lineage = {**src.parents, self.state.identifier: src.id}
-        known = {**self.outputs_of, src.id: self.outputs[index]}
+        reads = self.reads
+        known = {**reads.outputs_of, src.id: self.outputs[index]}
         for child in self.child_ids:
             spec = self.topo.nodes[child]
             scopes = inherited_scopes(self.topo, child, src)
@@ -302,7 +304,7 @@ class _Outputs:
                 child,
                 spec.node_name,
                 self.namespace_of(child),
-                render_inputs(spec.inputs, make_resolver(child, lineage, known, self.store), self.rules, child),
+                render_inputs(spec.inputs, make_resolver(child, lineage, known, reads.store), reads.rules, child),
                 lineage,
                 self.shared_scopes.setdefault(tuple(scopes.items()), scopes),
                 src.branch,
@@ -375,7 +377,7 @@ def plan_success(
     resolved. Every child is resolved here, so nothing is written for a plan that fails; a wide plan's
     states are then built again, a chunk at a time, as they are written (`Planned`).
     """
-    fanned = _Outputs(topo, namespace_of, state, outputs, outputs_of, store, rules, state_inputs or {})
+    fanned = _Outputs(_Planning(topo, namespace_of, outputs_of, store, rules), state, outputs, state_inputs or {})
     shapes: Counter[Shape] = Counter()
     kept: list[NewState] | None = []  # the children, until there are too many to hold
     for index in range(len(outputs)):

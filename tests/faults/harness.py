@@ -25,7 +25,7 @@ import redis
 
 from exo_celery import GraphNodeModel, UnitesModel
 
-from ..support import ROOT, Proc, Stack, run
+from ..support import ROOT, Proc, Stack, run, uid
 
 FAULT_NODES = "tests.faults.nodes:NODES"
 # EXO_SOAK=N multiplies the repetitions of every scenario by N (CI runs with it unset: the fast mode).
@@ -557,3 +557,27 @@ def upsert(stack: Stack, namespace: str, name: str, nodes: list[GraphNodeModel],
     """Upsert a graph of fault nodes (registered first), with the suite's secret."""
     register(stack, namespace)
     return run(stack.manager(namespace).upsert_graph(name, nodes, secrets={"api_key": SECRET}, **kw))
+
+
+@dataclass
+class FanScenario:
+    """A namespace serving `fan_graph` (store key `path` required), two workers of it and a beat."""
+
+    namespace: str
+    ledger: Ledger
+    manager: Any
+    workers: list[Proc]
+    beat: Proc
+
+    def work_done(self, run_id: str) -> int:
+        """How many of the run's branches have ended SUCCESS."""
+        sql = "SELECT count(*) FROM exo_states WHERE run_id = %s AND identifier = 'work' AND status = 'SUCCESS'"
+        return int(self.ledger.value(sql, (run_id,)))
+
+
+def fan_scenario(stack: Stack, prefix: str, width: int, ms: int) -> FanScenario:
+    """Register the fault nodes in a new namespace, store `fan_graph(width)`, start two workers and a beat."""
+    ns = uid(prefix)
+    upsert(stack, ns, "fan", fan_graph(width, "${{ store.path }}", ms=ms), store_config={"required_keys": ["path"]})
+    workers = start_workers(stack, ns, 2)
+    return FanScenario(ns, Ledger(stack.database_url or ""), stack.manager(ns), workers, stack.start_beat())

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import time
 
-from ..support import Proc, Stack, run, uid
+from ..support import Proc, Stack, run
 from .harness import (
     FAULT_NODES,
     Figures,
-    Ledger,
     PrivateRedis,
     RecoveryClock,
     beat_resent,
     check_fan_run,
     deliveries,
-    fan_graph,
+    fan_scenario,
     scan_secrets,
     soak,
-    start_workers,
     summary,
-    upsert,
     wait_until,
 )
 
@@ -57,12 +54,9 @@ def supervise(stack: Stack, ns: str, workers: list[Proc]) -> int:
 
 def test_redis_killed_and_restarted_mid_run(fstack: Stack, private_redis: PrivateRedis, figures: Figures) -> None:
     restarts_wanted = soak(2)
-    ns = uid("broker")
-    ledger = Ledger(fstack.database_url or "")
-    upsert(fstack, ns, "fan", fan_graph(WIDTH, "${{ store.path }}", ms=10), store_config={"required_keys": ["path"]})
-    m = fstack.manager(ns)
-    workers = start_workers(fstack, ns, 2)
-    beat = fstack.start_beat()
+    scenario = fan_scenario(fstack, "broker", WIDTH, ms=10)
+    ns, ledger, m = scenario.namespace, scenario.ledger, scenario.manager
+    workers, beat = scenario.workers, scenario.beat
     clock = RecoveryClock(fstack.database_url or "")
     run_ids: list[str] = []
 
@@ -70,14 +64,6 @@ def test_redis_killed_and_restarted_mid_run(fstack: Stack, private_redis: Privat
         run_id = run(m.trigger("fan", store={"path": str(fstack.home / f"effects-{len(run_ids)}")}))["run_id"]
         run_ids.append(run_id)
         return run_id
-
-    def work_done(run_id: str) -> int:
-        return int(
-            ledger.value(
-                "SELECT count(*) FROM exo_states WHERE run_id = %s AND identifier = 'work' AND status = 'SUCCESS'",
-                (run_id,),
-            )
-        )
 
     lost_messages = crashed = 0
     triggered_while_down: list[str] = []
@@ -87,7 +73,7 @@ def test_redis_killed_and_restarted_mid_run(fstack: Stack, private_redis: Privat
     for k in range(restarts_wanted):
         current = trigger()
         # Mid-run: some of the 200 branches done, most still queued, some executing.
-        wait_until(lambda r=current: work_done(r) >= 20, 60, "20 branches done")
+        wait_until(lambda r=current: scenario.work_done(r) >= 20, 60, "20 branches done")
         client = private_redis.client()
         node_queues = client.keys(f"{fstack.extra['EXO_QUEUE_PREFIX']}.{ns}.*")  # one queue per node
         queued = sum(int(client.llen(q)) for q in node_queues) + int(client.hlen("unacked"))
@@ -157,21 +143,12 @@ def test_redis_flushed_mid_run(fstack: Stack, private_redis: PrivateRedis) -> No
     """FLUSHALL while the broker stays up (an operator's mistake, a failover to an empty replica): the queues,
     the unacked messages and their index are gone, the connections are not. Nothing reconnects, so only the
     beat's sweep brings the lost states back; every run ends SUCCESS with every effect once in the ledger."""
-    ns = uid("flush")
-    ledger = Ledger(fstack.database_url or "")
-    upsert(fstack, ns, "fan", fan_graph(WIDTH, "${{ store.path }}", ms=10), store_config={"required_keys": ["path"]})
-    m = fstack.manager(ns)
-    workers = start_workers(fstack, ns, 2)
-    beat = fstack.start_beat()
-    run_id = run(m.trigger("fan", store={"path": str(fstack.home / "effects-flush")}))["run_id"]
-
-    def work_done() -> int:
-        sql = "SELECT count(*) FROM exo_states WHERE run_id = %s AND identifier = 'work' AND status = 'SUCCESS'"
-        return int(ledger.value(sql, (run_id,)))
-
-    wait_until(lambda: work_done() >= 20, 60, "20 branches done")
+    scenario = fan_scenario(fstack, "flush", WIDTH, ms=10)
+    ledger = scenario.ledger
+    run_id = run(scenario.manager.trigger("fan", store={"path": str(fstack.home / "effects-flush")}))["run_id"]
+    wait_until(lambda: scenario.work_done(run_id) >= 20, 60, "20 branches done")
     client = private_redis.client()
-    held = sum(int(client.llen(q)) for q in client.keys(f"{fstack.extra['EXO_QUEUE_PREFIX']}.{ns}.*"))
+    held = sum(int(client.llen(q)) for q in client.keys(f"{fstack.extra['EXO_QUEUE_PREFIX']}.{scenario.namespace}.*"))
     client.flushall()
     assert held > 0, "the broker held queued messages when it was flushed"
 
@@ -179,5 +156,5 @@ def test_redis_flushed_mid_run(fstack: Stack, private_redis: PrivateRedis) -> No
     assert statuses == {run_id: "SUCCESS"}, statuses
     check = check_fan_run(ledger, run_id, WIDTH)
     assert check.ok, check
-    assert beat_resent([beat])[1] > 0, "the beat's sweep re-sent the flushed states"
-    assert all(w.popen.poll() is None for w in workers), "a worker died when its broker was flushed"
+    assert beat_resent([scenario.beat])[1] > 0, "the beat's sweep re-sent the flushed states"
+    assert all(w.popen.poll() is None for w in scenario.workers), "a worker died when its broker was flushed"

@@ -13,20 +13,17 @@ import time
 
 import psycopg
 
-from ..support import POSTGRES_ADMIN_URL, Stack, run, uid
+from ..support import POSTGRES_ADMIN_URL, Stack, run
 from .harness import (
     Figures,
-    Ledger,
     PrivateRedis,
     RecoveryClock,
     check_fan_run,
     deliveries,
-    fan_graph,
+    fan_scenario,
     scan_secrets,
     soak,
-    start_workers,
     summary,
-    upsert,
     wait_until,
 )
 
@@ -61,25 +58,13 @@ class Saboteur:
             self.admin.close()
 
 
-def _work_done(ledger: Ledger, run_id: str) -> int:
-    return int(
-        ledger.value(
-            "SELECT count(*) FROM exo_states WHERE run_id = %s AND identifier = 'work' AND status = 'SUCCESS'",
-            (run_id,),
-        )
-    )
-
-
 def test_database_connections_killed_and_refused_mid_run(
     fstack: Stack, private_redis: PrivateRedis, figures: Figures
 ) -> None:
     rounds = soak(2)
-    ns = uid("db")
-    ledger = Ledger(fstack.database_url or "")
-    upsert(fstack, ns, "fan", fan_graph(WIDTH, "${{ store.path }}", ms=60), store_config={"required_keys": ["path"]})
-    m = fstack.manager(ns)
-    workers = start_workers(fstack, ns, 2)
-    beat = fstack.start_beat()
+    scenario = fan_scenario(fstack, "db", WIDTH, ms=60)
+    ns, ledger, m = scenario.namespace, scenario.ledger, scenario.manager
+    workers, beat = scenario.workers, scenario.beat
     saboteur = Saboteur(fstack.database_url or "")
     clock = RecoveryClock(fstack.database_url or "")
     run_ids: list[str] = []
@@ -88,7 +73,7 @@ def test_database_connections_killed_and_refused_mid_run(
     try:
         for k in range(rounds):
             run_ids.append(run(m.trigger("fan", store={"path": str(fstack.home / f"effects-{k}")}))["run_id"])
-            wait_until(lambda r=run_ids[-1]: _work_done(ledger, r) >= 20, 60, "20 branches done")
+            wait_until(lambda r=run_ids[-1]: scenario.work_done(r) >= 20, 60, "20 branches done")
             clock.fault(run_ids)
             # Every connection killed, again and again (as clients see a restart).
             storm_end = time.monotonic() + STORM_SECONDS
