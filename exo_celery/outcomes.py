@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, NamedTuple, TypedDict, cast
 
 OutcomeKind = Literal["success", "error", "prune", "requeue"]
 """How an execution ended: returned, raised, raised PruneSignal, raised ReQueueAfterSignal."""
@@ -91,14 +91,24 @@ class Outcome:
     store_writes: dict[str, str] = field(default_factory=dict)
 
 
+class Created(NamedTuple):
+    """A state a completion wrote, as the worker publishes and logs it."""
+
+    id: str
+    identifier: str
+    status: str
+    node_name: str
+    namespace: str
+
+
 @dataclass(frozen=True)
 class Completion:
     """What `complete` did: the state's new status (None if another delivery got there first),
-    the states to publish, and every state it created as (id, identifier, status)."""
+    the states to publish, and every state it created."""
 
     status: str | None
     dispatches: list[Dispatch]
-    created: list[tuple[str, str, str]]
+    created: list[Created]
 
 
 def dispatch_of(row: Mapping[str, Any]) -> Dispatch:

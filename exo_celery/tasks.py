@@ -197,8 +197,8 @@ class Worker:
         hidden = [*(secrets or {}).values(), *(str(v) for v in row["inputs"].values() if len(str(v)) >= 3)]
         error = redact(outcome.error, hidden)[:300] if outcome.error else None
         _log_transition(row, done.status, error)
-        for new_id_, identifier, status in done.created:
-            _log_transition({**row, "id": new_id_, "identifier": identifier}, status)
+        for new in done.created:
+            _log_transition({**row, "id": new.id, "identifier": new.identifier}, new.status)
         publish(self.app, self.settings, done.dispatches)
         if done.status == "ERRORED":
             raise StateErrored(error or "ERRORED")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, update
 
 from ..engine import CompiledGraph
-from ..outcomes import Completion, Dispatch, Outcome, StateRow
+from ..outcomes import Completion, Created, Dispatch, Outcome, StateRow
 from ..plan import OutcomePlan, Reads, plan_outcome, reads_needed, run_move
 from ..status import RunStatus, StateStatus
 from .access import LedgerAccess
@@ -24,7 +24,7 @@ from .barriers import Barriers, Fired
 from .finish import Finish, NotOurs
 from .moves import CANCEL_WAITING
 from .repo import outputs_of
-from .rows import Written, insert_states, read_store, state_values, write_store
+from .rows import insert_states, read_store, state_values, write_store, written
 from .store_writes import record_store_writes
 from .tables import states
 
@@ -97,8 +97,8 @@ class Completions:
             moved = Finish(compare_and_set).creating(
                 conn, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
             )
-        created = [] if moved.status == RunStatus.CANCELLED.value else [Written.of(s) for s in plan.created]
-        return Completion(plan.status.value, _dispatches(row, created, plan.created_due), _listed(created))
+        created = [] if moved.status == RunStatus.CANCELLED.value else [written(s) for s in plan.created]
+        return Completion(plan.status.value, _dispatches(row, created, plan.created_due), created)
 
     def _apply(
         self, graph: CompiledGraph, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any], now: float
@@ -120,27 +120,21 @@ class Completions:
                 write_store(conn, row["run_id"], plan.store_writes)
                 record_store_writes(conn, row["run_id"], row["id"], plan.store_writes, now)
             insert_states(conn, plan.finished, row, now, now)
-            written = insert_states(conn, plan.created, row, now, plan.created_due)
+            inserted = insert_states(conn, plan.created, row, now, plan.created_due)
             fired = self.barriers.apply(conn, graph, row, plan, finish)
-            created, fired_states = _move_run(conn, row, plan, written, fired, finish, now)
+            created, fired_states = _move_run(conn, row, plan, inserted, fired, finish, now)
             finish.flush(conn)
             dispatches += _dispatches(row, created, plan.created_due) + _dispatches(row, fired_states, now)
-        errors = [Written.of(s) for s in fired.errors]
-        return Completion(plan.status.value, dispatches, _listed([*created, *fired_states, *errors]))
+        return Completion(plan.status.value, dispatches, [*created, *fired_states, *map(written, fired.errors)])
 
 
-def _dispatches(row: StateRow, new: Iterable[Written], due: float) -> list[Dispatch]:
+def _dispatches(row: StateRow, new: Iterable[Created], due: float) -> list[Dispatch]:
     """The messages to send for the QUEUED ones of `row`'s new states, due at `due`."""
     return [
         Dispatch(s.id, row["run_id"], s.namespace, s.node_name, row["graph_name"], s.identifier, due)
         for s in new
-        if s.status == StateStatus.QUEUED
+        if s.status == StateStatus.QUEUED.value
     ]
-
-
-def _listed(new: Iterable[Written]) -> list[tuple[str, str, str]]:
-    """New states as the worker logs them: (id, identifier, status)."""
-    return [(s.id, s.identifier, s.status.value) for s in new]
 
 
 def _rows_inserted(plan: OutcomePlan) -> int:
@@ -148,10 +142,10 @@ def _rows_inserted(plan: OutcomePlan) -> int:
 
 
 def _move_run(
-    conn: Connection, row: StateRow, plan: OutcomePlan, created: list[Written], fired: Fired, finish: Finish, now: float
-) -> tuple[list[Written], list[Written]]:
+    conn: Connection, row: StateRow, plan: OutcomePlan, created: list[Created], fired: Fired, finish: Finish, now: float
+) -> tuple[list[Created], list[Created]]:
     """Move the run's counters; the states created and fired that stay (none if the run was cancelled)."""
-    fired_states = [Written.of(s) for s in fired.states]
+    fired_states = [written(s) for s in fired.states]
     delta, failed = run_move(plan, bool(row["scopes"]), fired.states, fired.errors, fired.open_scopes)
     if not (delta or failed or created or fired_states):
         return created, fired_states

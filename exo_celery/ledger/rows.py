@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from ..engine import NewState, Planned
-from ..status import StateStatus
+from ..outcomes import Created
 from .statements import INSERT_STATES, INSERT_STATES_FROM_JSON, upsert_store
 from .tables import store
 
@@ -52,33 +51,23 @@ def state_values(s: NewState, run: Mapping[str, Any], now: float, due_at: float)
 INSERT_CHUNK = 1000  # rows per INSERT: a wide fan-out's states are built and written a chunk at a time
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
+def written(s: NewState) -> Created:
     """What is kept of a new state once its row is written: enough to publish and log it."""
-
-    id: str
-    identifier: str
-    node_name: str
-    namespace: str
-    status: StateStatus
-
-    @classmethod
-    def of(cls, s: NewState) -> Written:
-        return cls(s.id, s.identifier, s.node_name, s.namespace, s.status)
+    return Created(s.id, s.identifier, s.status.value, s.node_name, s.namespace)
 
 
 def insert_states(
     conn: Connection, new: Planned | list[NewState], row: Mapping[str, Any], now: float, due_at: float
-) -> list[Written]:
+) -> list[Created]:
     """Insert planned states of `row`'s run, due at `due_at`, INSERT_CHUNK rows per statement (a wide plan's
     states are built a chunk at a time here: `Planned`)."""
     postgres = conn.dialect.name == "postgresql"
-    written: list[Written] = []
+    done: list[Created] = []
     for chunk in _chunks(new):
         values = [state_values(s, row, now, due_at) for s in chunk]
         conn.execute(INSERT_STATES_FROM_JSON if postgres else INSERT_STATES, {"p_rows": values} if postgres else values)
-        written += map(Written.of, chunk)
-    return written
+        done += map(written, chunk)
+    return done
 
 
 def _chunks(new: Planned | list[NewState]) -> Iterator[list[NewState]]:
