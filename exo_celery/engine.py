@@ -78,6 +78,11 @@ Shape = tuple[str, tuple[tuple[str, str], ...]]  # a new state's identifier and 
 BUILT_AT_ONCE = 1000  # a plan creating more states than this builds them a chunk at a time, when written
 
 
+def shape_of(identifier: str, scopes: dict[str, str]) -> Shape:
+    """What the counters need of a new state: its identifier and its scopes."""
+    return identifier, tuple(scopes.items())
+
+
 class Planned:
     """The states a plan creates. Up to BUILT_AT_ONCE they are a list; beyond, they are built a chunk at a
     time while the ledger writes them, once (a fan-out of 100,000 is never held whole). Either way the
@@ -100,7 +105,7 @@ class Planned:
     @classmethod
     def of(cls, states: list[NewState]) -> Planned:
         """Planned states already built."""
-        return cls(len(states), Counter((s.identifier, tuple(s.scopes.items())) for s in states), None, states)
+        return cls(len(states), Counter(shape_of(s.identifier, s.scopes) for s in states), None, states)
 
     def __len__(self) -> int:
         return self.count
@@ -284,10 +289,12 @@ class _Outputs:
         # fan-out of 100,000 under a unite would otherwise hold 100,000 equal dicts).
         self.shared_scopes: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
 
+    def branch(self, index: int) -> str:
+        return self.state.branch + (f"{index:06d}." if len(self.outputs) > 1 else "")
+
     def source(self, index: int) -> Source:
         s = self.state
-        branch = s.branch + (f"{index:06d}." if len(self.outputs) > 1 else "")
-        return Source(self.ids[index], s.run_id, s.identifier, s.parents, s.scopes, branch, s.id)
+        return Source(self.ids[index], s.run_id, s.identifier, s.parents, s.scopes, self.branch(index), s.id)
 
     def children(self, index: int, new_ids: bool = True) -> Iterator[NewState]:
         """The children of output `index` (without ids unless `new_ids`); PlanError if the inputs of one
@@ -334,7 +341,7 @@ class _Outputs:
                     self.state_inputs,
                     s.parents,
                     s.scopes,
-                    self.source(i).branch,
+                    self.branch(i),
                     StateStatus.SUCCESS,
                     self.outputs[i],
                     s.id,
@@ -382,14 +389,14 @@ def plan_success(
     kept: list[NewState] | None = []  # the children, until there are too many to hold
     for index in range(len(outputs)):
         for child in fanned.children(index, new_ids=kept is not None):
-            shapes[(child.identifier, tuple(child.scopes.items()))] += 1
+            shapes[shape_of(child.identifier, child.scopes)] += 1
             if kept is not None:
                 kept.append(child)
         if kept is not None and len(kept) > BUILT_AT_ONCE:
             kept = None
     output_shapes: Counter[Shape] = Counter()
     if len(outputs) > 1:
-        output_shapes[(state.identifier, tuple(state.scopes.items()))] = len(outputs) - 1
+        output_shapes[shape_of(state.identifier, state.scopes)] = len(outputs) - 1
     return SuccessPlan(
         Planned(max(0, len(outputs) - 1), output_shapes, fanned.build_output_states),
         Planned(shapes.total(), shapes, fanned.build_children, kept),

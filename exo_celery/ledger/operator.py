@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from ..engine import Planned
 from ..errors import NotFoundError, StateError
 from ..outcomes import Dispatch, dispatch_of, state_row
 from ..plan import opened_or_closed, retry_state
@@ -54,7 +55,7 @@ class OperatorActions:
             if not moved:
                 raise StateError(f"state {state_id!r} changed while retrying it; try again")
             retry = retry_state(row, S.QUEUED)
-            insert_states(conn, [retry], row, now, now)
+            insert_states(conn, Planned.of([retry]), row, now, now)
             _count_retry(conn, row, was_failed=S(row["status"]) in FAILED_STATES)
             created = dict(conn.execute(select(states).where(states.c.id == retry.id)).mappings().one())
         return created, [dispatch_of(created)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -56,24 +56,19 @@ def written(s: NewState) -> Created:
     return Created(s.id, s.identifier, s.status.value, s.node_name, s.namespace)
 
 
-def insert_states(
-    conn: Connection, new: Planned | list[NewState], row: Mapping[str, Any], now: float, due_at: float
-) -> list[Created]:
+def insert_states(conn: Connection, new: Planned, row: Mapping[str, Any], now: float, due_at: float) -> list[Created]:
     """Insert planned states of `row`'s run, due at `due_at`, INSERT_CHUNK rows per statement (a wide plan's
     states are built a chunk at a time here: `Planned`)."""
     postgres = conn.dialect.name == "postgresql"
     done: list[Created] = []
-    for chunk in _chunks(new):
+    for chunk in new.chunks(INSERT_CHUNK):
         values = [state_values(s, row, now, due_at) for s in chunk]
-        conn.execute(INSERT_STATES_FROM_JSON if postgres else INSERT_STATES, {"p_rows": values} if postgres else values)
+        if postgres:
+            conn.execute(INSERT_STATES_FROM_JSON, {"p_rows": values})
+        else:
+            conn.execute(INSERT_STATES, values)
         done += map(written, chunk)
     return done
-
-
-def _chunks(new: Planned | list[NewState]) -> Iterator[list[NewState]]:
-    if isinstance(new, Planned):
-        return new.chunks(INSERT_CHUNK)
-    return iter([new[i : i + INSERT_CHUNK] for i in range(0, len(new), INSERT_CHUNK)])
 
 
 def insert_unique(
