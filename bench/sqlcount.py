@@ -101,6 +101,19 @@ def install(write: bool = True) -> None:
         return ping(self, dbapi_connection)
 
     DefaultDialect._do_ping_w_event = counted_ping  # type: ignore[method-assign]  # pre-ping round trips
+    from exo_celery.ledger.direct import DirectStatement
+
+    first = DirectStatement.first
+
+    def counted_first(self: DirectStatement, engine: Any, params: Any) -> Any:
+        # The hot statements run on psycopg directly, past SQLAlchemy's events: counted here.
+        _ensure_writer()
+        _counts["statements"] += 1
+        _counts[_kind(self._compile(engine)[1])] += 1
+        _counts["autocommits"] += 1
+        return first(self, engine, params)
+
+    DirectStatement.first = counted_first  # type: ignore[method-assign]
     event.listen(Engine, "before_cursor_execute", _on_execute)
     event.listen(Engine, "commit", _on_commit)
     event.listen(Engine, "rollback", _on_rollback)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import Connection, Engine
+from sqlalchemy.sql.selectable import ReturnsRows
 
 from . import clock
 from .db import get_engine, is_postgres
+from .direct import direct
 
 
 class LedgerAccess:
@@ -25,6 +30,11 @@ class LedgerAccess:
         statement (the claim, a leaf's completion) needs no BEGIN and COMMIT, two round trips less.
         On SQLite, an ordinary connection (it begins IMMEDIATE on first use)."""
         return get_engine(self.url, worker=self.worker, autocommit=True).connect()
+
+    def first(self, statement: ReturnsRows, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """PostgreSQL: run a one-statement transition in autocommit mode on psycopg directly
+        (`direct.DirectStatement`); its first row, or None."""
+        return direct(statement).first(self.engine, params)
 
     def now(self) -> float:
         """The ledger's time (`clock.now`): what this process writes as a timestamp or a due time."""

@@ -42,16 +42,18 @@ class Claims:
             "p_lease_seconds": self.lease_seconds,
             "p_namespace": namespace,
         }
+        if self.access.postgres:
+            claimed = self.access.first(CLAIM_STARTING_RUN[namespace is not None], params)
+            if claimed is not None:
+                return "claimed", state_row(claimed)
         with self.access.autocommit() as conn:
-            if self.access.postgres:
-                row = conn.execute(CLAIM_STARTING_RUN[namespace is not None], params).mappings().first()
-            else:
+            if not self.access.postgres:  # SQLite: the claim, then the run's start, in one transaction
                 row = conn.execute(CLAIM if namespace is None else CLAIM_IN_NAMESPACE, params).mappings().first()
-                if row is not None and not row["parents"]:
-                    conn.execute(START_RUN, {"p_run": row["run_id"]})
-            if row is not None:
-                conn.commit()
-                return "claimed", state_row(row)
+                if row is not None:
+                    if not row["parents"]:
+                        conn.execute(START_RUN, {"p_run": row["run_id"]})
+                    conn.commit()
+                    return "claimed", state_row(row)
             found = conn.execute(select(states, ledger_now().label("ledger_now")).where(states.c.id == state_id))
             current = found.mappings().first()
             if current is not None and current["status"] in CANCEL_WAITING.source_values:

@@ -76,9 +76,8 @@ class Completions:
             return False
         if plan.failed or len(row["scopes"]) != 1:
             return False
-        with self.access.autocommit() as conn:
-            alone = Finish(compare_and_set)  # neither use changes the dict
-            return alone.in_open_scope(conn, next(iter(row["scopes"].values())), plan.pruned)
+        alone = Finish(compare_and_set)  # neither use changes the dict
+        return alone.in_open_scope(self.access, next(iter(row["scopes"].values())), plan.pruned)
 
     def _creates_outside_regions(self, row: StateRow, plan: OutcomePlan) -> bool:
         """PostgreSQL: a completion that creates a few states and touches no barrier and no store (a hop of
@@ -93,11 +92,10 @@ class Completions:
         new_rows = [state_values(s, row, now, now) for s in plan.finished]
         new_rows += [state_values(s, row, now, plan.created_due) for s in plan.created]
         delta, failed = run_move(plan, False, [], [], 0)
-        with self.access.autocommit() as conn:
-            moved = Finish(compare_and_set).creating(
-                conn, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
-            )
-        created = [] if moved.status == RunStatus.CANCELLED.value else [written(s) for s in plan.created]
+        moved = Finish(compare_and_set).creating(
+            self.access, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
+        )
+        created = [] if moved["status"] == RunStatus.CANCELLED.value else [written(s) for s in plan.created]
         return Completion(plan.status.value, _dispatches(row, created, plan.created_due), created)
 
     def _apply(

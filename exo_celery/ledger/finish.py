@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..outcomes import CounterName
+from .access import LedgerAccess
 from .statements import (
     FINISH_STATE,
     MOVE_RUN,
@@ -43,18 +44,18 @@ class Finish:
         columns = tuple(k for k in finish if not k.startswith("p_"))
         return columns, {"p_id": finish["p_id"], "p_token": finish["p_token"], **{f"v_{c}": finish[c] for c in columns}}
 
-    def in_open_scope(self, conn: Connection, scope_id: str, pruned: int) -> bool:
-        """PostgreSQL, on an autocommit connection: finish the state and move its one scope by -1 in one
-        statement. False, and nothing changed, if that would empty the scope or the state is not ours."""
+    def in_open_scope(self, access: LedgerAccess, scope_id: str, pruned: int) -> bool:
+        """PostgreSQL, autocommitted: finish the state and move its one scope by -1 in one statement.
+        False, and nothing changed, if that would empty the scope or the state is not ours."""
         columns, params = self._take()
         params.update(p_scope=scope_id, p_delta=-1, p_pruned=pruned)
-        return conn.execute(finish_in_open_scope(columns), params).first() is not None
+        return access.first(finish_in_open_scope(columns), params) is not None
 
-    def creating(self, conn: Connection, new_rows: list[dict[str, Any]], params: dict[str, Any]) -> Any:
-        """PostgreSQL, on an autocommit connection: the compare-and-set, the inserts of `new_rows` and MOVE_RUN
-        in one statement (`finish_creating`); the run's row as moved, or NotOurs and nothing changed."""
+    def creating(self, access: LedgerAccess, new_rows: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+        """PostgreSQL, autocommitted: the compare-and-set, the inserts of `new_rows` and MOVE_RUN in one
+        statement (`finish_creating`); the run's row as moved, or NotOurs and nothing changed."""
         columns, merged = self._take()
-        moved = conn.execute(finish_creating(columns), {**merged, **params, "p_rows": new_rows}).first()
+        moved = access.first(finish_creating(columns), {**merged, **params, "p_rows": new_rows})
         if moved is None:
             raise NotOurs
         return moved

@@ -18,6 +18,7 @@ from ..errors import NotFoundError
 from ..status import RunStatus
 from . import clock
 from .db import get_engine, is_postgres
+from .direct import direct
 from .rows import state_values
 from .statements import INSERT_RUN, INSERT_RUN_WITH_ROOT, INSERT_STATES, INSERT_STORE, LATEST_VERSION
 from .tables import runs
@@ -155,10 +156,7 @@ class RunInserts:
         key = (namespace, graph_name)
         for attempt in range(2):
             try:
-                with get_engine(self.url, autocommit=True).connect() as conn:
-                    outcome = self._insert_run(
-                        conn, namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key
-                    )
+                outcome = self._insert_run(namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key)
                 break
             except DBAPIError as exc:
                 # That pool does not ping on checkout: a connection the server dropped fails once and
@@ -174,7 +172,6 @@ class RunInserts:
 
     def _insert_run(
         self,
-        conn: Connection,
         namespace: str,
         graph_name: str,
         version: int,
@@ -190,13 +187,17 @@ class RunInserts:
         params.update({f"s_{k}": v for k, v in _root_row(run, run_row, now).items()})
         params.update(p_store=run.store_values, p_namespace=namespace, p_name=graph_name)
         try:
-            return "inserted" if conn.execute(INSERT_RUN_WITH_ROOT, params).first() is not None else "stale"
+            return "inserted" if direct(INSERT_RUN_WITH_ROOT).first(get_engine(self.url), params) else "stale"
         except IntegrityError:
-            if retried and conn.execute(select(runs.c.id).where(runs.c.id == run.run_id)).first() is not None:
+            if retried and self._run_exists(run.run_id):
                 return "inserted"
             if cron_key is None and idempotency_key is None:
                 raise
             return "duplicate"
+
+    def _run_exists(self, run_id: str) -> bool:
+        with get_engine(self.url, autocommit=True).connect() as conn:
+            return conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is not None
 
     @staticmethod
     def _latest_version(conn: Connection, namespace: str, graph_name: str) -> int:

@@ -8,6 +8,7 @@ named `p_*` so they never clash with the column names an UPDATE sets.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -22,6 +23,12 @@ from .tables import graphs, runs, scopes, states, store
 
 QUEUED = StateStatus.QUEUED.value
 _ACTIVE_RUN = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
+
+
+def one_of(value: Any, choices: Iterable[str]) -> Any:
+    """`value IN (choices)` as ORs: SQL text that does not depend on the values (an IN list is expanded per
+    execution), so the statement is compiled once and can run on psycopg directly (`direct.py`)."""
+    return or_(*(value == choice for choice in choices))
 
 
 def _claim(with_namespace: bool, skip_locked: bool = False) -> Any:
@@ -171,7 +178,7 @@ def finish_creating(columns: tuple[str, ...]) -> Any:
     rows = _state_rows()
     status = case(
         (
-            (moved.c.status == RunStatus.CANCELLED.value) & rows.c.status.in_(CANCEL_WAITING.source_values),
+            (moved.c.status == RunStatus.CANCELLED.value) & one_of(rows.c.status, CANCEL_WAITING.source_values),
             CANCEL_WAITING.target,
         ),
         else_=rows.c.status,
@@ -202,7 +209,7 @@ MOVE_SCOPE = _move_scope()
 
 def _run_update(after: Any = None) -> Any:
     """UPDATE of a run's counters (`p_run`, `p_delta`, `p_failed`), ending it when it empties while active."""
-    active = runs.c.status.in_(_ACTIVE_RUN)
+    active = one_of(runs.c.status, _ACTIVE_RUN)
     ends = active & (runs.c.outstanding + bindparam("p_delta") <= 0)
     statement = update(runs).where(runs.c.id == bindparam("p_run"))
     if after is not None:
@@ -229,8 +236,8 @@ def _notifying(moved: Any) -> Any:
     # RETURNING sees the new row only: the run ended here if it finished at this statement's time
     # (a run finished earlier, by another process, has another finished_at). A rare duplicate
     # notification would be harmless: waiters re-read the run.
-    ended = (moved.c.finished_at == ledger_now()) & moved.c.status.in_(
-        [RunStatus.SUCCESS.value, RunStatus.FAILED.value]
+    ended = (moved.c.finished_at == ledger_now()) & one_of(
+        moved.c.status, [RunStatus.SUCCESS.value, RunStatus.FAILED.value]
     )
     return select(moved.c.status, case((ended, notify_run_ended(moved.c.id))).label("notified"))
 
