@@ -37,7 +37,7 @@ def _state(state_id: str) -> dict[str, object]:
         "identifier": "a",
         "node_name": "N",
         "status": "CREATED",
-        "inputs": {"text": "é \"quoted\"", "n": "1"},
+        "inputs": {"text": 'é "quoted"', "n": "1"},
         "parents": {},
         "scopes": {"s1": "x"},
         "branch": "",

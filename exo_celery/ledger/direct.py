@@ -72,7 +72,7 @@ class DirectStatement:
         try:
             pooled = engine.raw_connection()
         except psycopg.Error as error:  # no connection could be made (`Engine.connect` wraps this too)
-            raise _wrapped(engine, sql, values, error, lost=False) from error
+            raise _as_sqlalchemy_error(engine, sql, values, error, lost=False) from error
         raw: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
         try:
             raw.autocommit = True
@@ -84,7 +84,7 @@ class DirectStatement:
             lost = engine.dialect.is_disconnect(error, pooled, None)  # type: ignore[arg-type]
             if lost:
                 pooled.invalidate(error)
-            raise _wrapped(engine, sql, values, error, lost) from error
+            raise _as_sqlalchemy_error(engine, sql, values, error, lost) from error
         finally:
             if not raw.closed and raw.info.transaction_status == TransactionStatus.IDLE:
                 raw.autocommit = False  # the pool's other users expect transactions
@@ -94,7 +94,7 @@ class DirectStatement:
         return found
 
 
-def _wrapped(engine: Engine, sql: str, values: Any, error: psycopg.Error, lost: bool) -> BaseException:
+def _as_sqlalchemy_error(engine: Engine, sql: str, values: Any, error: psycopg.Error, lost: bool) -> BaseException:
     """psycopg's error as SQLAlchemy's (`OperationalError`, `IntegrityError`, ...), as `Connection` raises it."""
     dialect = engine.dialect
     return exc.DBAPIError.instance(sql, values, error, psycopg.Error, connection_invalidated=lost, dialect=dialect)
