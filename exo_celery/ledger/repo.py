@@ -216,7 +216,7 @@ class Repo:
                         return None, {}
                     return dict(row), {status: int(n) for status, n in conn.execute(counts_q).all()}
             except DBAPIError as exc:
-                # That pool does not ping on checkout: a connection the server dropped fails once (reads: retry).
+                # A connection dropped between the pool's ping and the statement fails once (reads: retry).
                 if attempt or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")

@@ -99,7 +99,7 @@ class RunInserts:
                 with get_engine(self.url, autocommit=True).connect() as conn:
                     return self._latest_version(conn, namespace, graph_name)
             except DBAPIError as exc:
-                # That pool does not ping on checkout: a connection the server dropped fails once.
+                # A connection the server drops between the pool's ping and the statement fails once.
                 if attempt or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
@@ -159,8 +159,8 @@ class RunInserts:
                 outcome = self._insert_run(namespace, graph_name, version, run, cron_key, attempt > 0, idempotency_key)
                 break
             except DBAPIError as exc:
-                # That pool does not ping on checkout: a connection the server dropped fails once and
-                # the pool replaces them all. The retry keeps the run id, so an insert that got
+                # A connection the server drops between the pool's ping and the statement fails
+                # once, and the pool replaces it. The retry keeps the run id, so an insert that got
                 # through just before its connection died is found instead of made twice.
                 if attempt or not exc.connection_invalidated:
                     raise
