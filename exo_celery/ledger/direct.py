@@ -33,7 +33,7 @@ class DirectStatement:
     def __init__(self, statement: ReturnsRows) -> None:
         self.statement = statement
         self._compiled: tuple[SQLCompiler, str, dict[str, Processor]] | None = None
-        self._readers: list[Processor | None] | None = None  # per result column, once its type codes are known
+        self._columns: list[tuple[str, Processor | None]] | None = None  # name and reader of each result column
 
     def _compile(self, engine: Engine) -> tuple[SQLCompiler, str, dict[str, Processor]]:
         if self._compiled is None:
@@ -50,17 +50,18 @@ class DirectStatement:
             self._compiled = (compiled, sql, processors)
         return self._compiled
 
-    def _read(self, engine: Engine, description: Any, row: tuple[Any, ...]) -> dict[str, Any]:
-        if self._readers is None:
+    def _read(self, engine: Engine, cursor: psycopg.Cursor[Any], row: tuple[Any, ...]) -> dict[str, Any]:
+        # The columns are the statement's, the same on every call: read once (psycopg builds
+        # `description` anew on each access, a Column object per column).
+        if self._columns is None:
             types = {c.name: c.type for c in self.statement.exported_columns}
-            self._readers = [
-                types[d.name].dialect_impl(engine.dialect).result_processor(engine.dialect, d.type_code)
-                for d in description
+            dialect = engine.dialect
+            self._columns = [
+                (d.name, types[d.name].dialect_impl(dialect).result_processor(dialect, d.type_code))
+                for d in cursor.description or ()
             ]
-        return {
-            d.name: value if read is None else read(value)
-            for d, read, value in zip(description, self._readers, row, strict=True)
-        }
+        pairs = zip(self._columns, row, strict=True)
+        return {name: value if read is None else read(value) for (name, read), value in pairs}
 
     def first(self, engine: Engine, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run the statement with `params` in autocommit mode; its first row (column name -> value) or None."""
@@ -79,7 +80,7 @@ class DirectStatement:
             with raw.cursor() as cursor:
                 cursor.execute(sql, values)
                 row = cursor.fetchone()
-                found = None if row is None else self._read(engine, cursor.description, row)
+                found = None if row is None else self._read(engine, cursor, row)
         except psycopg.Error as error:
             lost = engine.dialect.is_disconnect(error, pooled, None)  # type: ignore[arg-type]
             if lost:
