@@ -5,7 +5,8 @@ creates, its barriers (`barriers.Barriers`) and the run's counters commit
 together, or nothing does: a duplicate delivery or a lost lease changes nothing.
 On PostgreSQL the shapes that are one statement (a leaf inside one open scope, a
 leaf outside every region, a requeue, a state outside every region creating a few
-states: a hop) take no transaction.
+states: a hop) take no transaction; the most frequent (a branch, a hop, an ending
+leaf) run on psycopg directly (`direct.py`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Completions:
         rules = graph.input_rules(self.max_input_bytes)
         plan = plan_outcome(graph, row, outcome, now, reads, max_countdown=self.max_countdown, rules=rules)
         compare_and_set = {"p_id": row["id"], "p_token": token, **plan.values}
-        if self._leaf_in_open_scope(row, plan, compare_and_set):
+        if self._leaf_in_open_scope(row, plan, compare_and_set) or self._ends_alone(row, plan, compare_and_set):
             return Completion(plan.status.value, [], [])
         if self._creates_outside_regions(row, plan):
             return self._create_alone(row, plan, compare_and_set, now)
@@ -78,6 +79,18 @@ class Completions:
             return False
         alone = Finish(compare_and_set)  # neither use changes the dict
         return alone.in_open_scope(self.access, next(iter(row["scopes"].values())), plan.pruned)
+
+    def _ends_alone(self, row: StateRow, plan: OutcomePlan, compare_and_set: dict[str, Any]) -> bool:
+        """PostgreSQL: a state outside every region that ends creating nothing (a one-node run, a chain's
+        last hop) is one autocommitted statement: its compare-and-set and the run's move, which ends the
+        run and notifies its waiters. A requeue (the run does not move) takes `_apply`."""
+        if not (self.access.postgres and plan.no_other_rows and not row["scopes"]):
+            return False
+        delta, failed = run_move(plan, False, [], [], 0)
+        if not (delta or failed):
+            return False
+        Finish(compare_and_set).moving_run(self.access, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed})
+        return True
 
     def _creates_outside_regions(self, row: StateRow, plan: OutcomePlan) -> bool:
         """PostgreSQL: a completion that creates a few states and touches no barrier and no store (a hop of
@@ -103,7 +116,7 @@ class Completions:
     ) -> Completion:
         postgres = self.access.postgres
         # A change that is one statement (no new rows, no store writes, no scope that could fire:
-        # a leaf outside every region, or a requeue) needs no transaction on PostgreSQL.
+        # a requeue; a leaf outside every region took `_ends_alone`) needs no transaction on PostgreSQL.
         single = postgres and plan.no_other_rows and (not row["scopes"] or not plan.leaving)
         dispatches: list[Dispatch] = [plan.requeue] if plan.requeue is not None else []
         with self.access.autocommit() if single else self.access.engine.begin() as conn:

@@ -60,6 +60,13 @@ class Finish:
             raise NotOurs
         return moved
 
+    def moving_run(self, access: LedgerAccess, params: dict[str, Any]) -> None:
+        """PostgreSQL, autocommitted: the compare-and-set and MOVE_RUN_NOTIFYING in one statement
+        (`finish_then`); NotOurs, and nothing changed, if the state was not ours."""
+        columns, merged = self._take()
+        if access.first(finish_then(columns, "run"), {**merged, **params}) is None:
+            raise NotOurs
+
     def move(self, conn: Connection, counter: CounterName, params: dict[str, Any]) -> Any:
         """MOVE_SCOPE (`counter="scope"`) or MOVE_RUN (`"run"`), with the compare-and-set if still pending."""
         if self.params is None:
