@@ -63,6 +63,11 @@ def test_a_direct_statement_reads_and_binds_as_sqlalchemy_does(engine: Engine) -
     # A JSON parameter goes through SQLAlchemy's bind processor (psycopg has no adapter for a dict).
     rows = DirectStatement(select(func.json_array_length(bindparam("p_rows", type_=JSON)).label("n")))
     assert rows.first(engine, {"p_rows": [{"a": 1}, {"b": "é"}]}) == {"n": 2}
+    # None goes through it too: JSON's `null` for a plain JSON type, SQL NULL for `none_as_null`.
+    kind = DirectStatement(select(func.json_typeof(bindparam("p_v", type_=JSON)).label("t")))
+    assert kind.first(engine, {"p_v": None}) == {"t": "null"}
+    nullable = DirectStatement(select(func.json_typeof(bindparam("p_v", type_=JSON(none_as_null=True))).label("t")))
+    assert nullable.first(engine, {"p_v": None}) == {"t": None}
 
 
 def test_a_terminated_connection_raises_sqlalchemys_error_and_the_next_call_reconnects(

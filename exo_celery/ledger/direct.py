@@ -67,9 +67,8 @@ class DirectStatement:
         """Run the statement with `params` in autocommit mode; its first row (column name -> value) or None."""
         compiled, sql, processors = self._compile(engine)
         values = compiled.construct_params(params)
-        for name, processor in processors.items():
-            if values.get(name) is not None:
-                values[name] = processor(values[name])
+        for name, processor in processors.items():  # every value, None too, as SQLAlchemy binds them
+            values[name] = processor(values[name])
         try:
             pooled = engine.raw_connection()
         except psycopg.Error as error:  # no connection could be made (`Engine.connect` wraps this too)
