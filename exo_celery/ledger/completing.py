@@ -86,10 +86,10 @@ class Completions:
         run and notifies its waiters. A requeue (the run does not move) takes `_apply`."""
         if not (self.access.postgres and plan.no_other_rows and not row["scopes"]):
             return False
-        delta, failed = run_move(plan, False, [], [], 0)
-        if not (delta or failed):
+        move = _outside_regions_move(row, plan)
+        if not (move["p_delta"] or move["p_failed"]):
             return False
-        Finish(compare_and_set).moving_run(self.access, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed})
+        Finish(compare_and_set).moving_run(self.access, move)
         return True
 
     def _creates_outside_regions(self, row: StateRow, plan: OutcomePlan) -> bool:
@@ -104,10 +104,7 @@ class Completions:
     ) -> Completion:
         new_rows = [state_values(s, row, now, now) for s in plan.finished]
         new_rows += [state_values(s, row, now, plan.created_due) for s in plan.created]
-        delta, failed = run_move(plan, False, [], [], 0)
-        moved = Finish(compare_and_set).creating(
-            self.access, new_rows, {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
-        )
+        moved = Finish(compare_and_set).creating(self.access, new_rows, _outside_regions_move(row, plan))
         created = [] if moved["status"] == RunStatus.CANCELLED.value else [written(s) for s in plan.created]
         return Completion(plan.status.value, _dispatches(row, created, plan.created_due), created)
 
@@ -146,6 +143,12 @@ def _dispatches(row: StateRow, new: Iterable[Created], due: float) -> list[Dispa
         for s in new
         if s.status == StateStatus.QUEUED.value
     ]
+
+
+def _outside_regions_move(row: StateRow, plan: OutcomePlan) -> dict[str, Any]:
+    """MOVE_RUN's parameters for a state outside every region whose completion fires no barrier."""
+    delta, failed = run_move(plan, False, [], [], 0)
+    return {"p_run": row["run_id"], "p_delta": delta, "p_failed": failed}
 
 
 def _rows_inserted(plan: OutcomePlan) -> int:
